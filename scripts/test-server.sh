@@ -1,0 +1,309 @@
+#!/usr/bin/env bash
+# Local S3 test server for ssecfs: a fresh single-node Garage on 127.0.0.1, with one access key
+# and one bucket, optionally behind a TLS front-end (stunnel4, self-signed leaf certificate).
+#
+#   eval "$(scripts/test-server.sh)"      start (or restart, fresh) and export the connection env
+#   scripts/test-server.sh stop            stop the Garage/stunnel started by this script
+#   scripts/test-server.sh install         only make sure a Garage binary exists (cargo install)
+#   scripts/test-server.sh status          exit 0 if the Garage started by this script is running
+#
+# stdout carries ONLY `export` lines (also written to $SSECFS_TEST_DIR/env.sh); progress goes to
+# $SSECFS_TEST_DIR/setup.log, errors to stderr. Every start wipes the previous meta/data dirs.
+#
+# Environment (defaults):
+#   SSECFS_TEST_DIR=${XDG_RUNTIME_DIR:-/tmp}/ssecfs-garage
+#   S3_PORT=3900 RPC_PORT=3901 ADMIN_PORT=3903
+#   TLS_PORT=3943        stunnel TLS front-end to S3_PORT; 0 disables; skipped without stunnel4
+#   S3_BUCKET=ssecfs     bucket created for the key (read/write/owner); the key may also create
+#                        more buckets (S3 CreateBucket), tests may use that or the admin API
+#   GARAGE_BIN           garage binary; default: `garage` on PATH, else ~/.cargo/bin/garage,
+#                        else `cargo install garage --locked` (GARAGE_VERSION=x.y.z to pin)
+#   RUST_LOG=garage=info log level of the Garage server ($SSECFS_TEST_DIR/garage.log)
+set -euo pipefail
+
+DIR=${SSECFS_TEST_DIR:-${XDG_RUNTIME_DIR:-/tmp}/ssecfs-garage}
+S3_PORT=${S3_PORT:-3900}
+RPC_PORT=${RPC_PORT:-3901}
+ADMIN_PORT=${ADMIN_PORT:-3903}
+TLS_PORT=${TLS_PORT:-3943}
+BUCKET=${S3_BUCKET:-ssecfs}
+KEY_NAME=ssecfs-test
+CFG=$DIR/garage.toml
+LOG=$DIR/setup.log
+
+die() {
+	echo "test-server.sh: $*" >&2
+	exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# install
+
+find_garage() {
+	if [[ -n ${GARAGE_BIN:-} ]]; then
+		[[ -x $GARAGE_BIN ]] || die "GARAGE_BIN=$GARAGE_BIN is not executable"
+		return 0
+	fi
+	if command -v garage >/dev/null 2>&1; then
+		GARAGE_BIN=$(command -v garage)
+	elif [[ -x $HOME/.cargo/bin/garage ]]; then
+		GARAGE_BIN=$HOME/.cargo/bin/garage
+	else
+		return 1
+	fi
+}
+
+install_garage() {
+	find_garage && return 0
+	local cargo
+	cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+	[[ -x $cargo ]] || die "garage not found and no cargo to build it (install Rust: https://rustup.rs)"
+	command -v cc >/dev/null 2>&1 || die "garage not found and no C compiler to build it (apt-get install build-essential)"
+	local -a version=()
+	[[ -n ${GARAGE_VERSION:-} ]] && version=(--version "$GARAGE_VERSION")
+	echo "test-server.sh: garage not found, building it: cargo install garage --locked ${version[*]} (about 10 min on 2 cores)" >&2
+	# Own target dir (not the project's CARGO_TARGET_DIR), from a neutral cwd (no project .cargo/config).
+	(cd / && env -u CARGO_TARGET_DIR "$cargo" install garage --locked "${version[@]}") >&2 ||
+		die "cargo install garage failed"
+	GARAGE_BIN=$HOME/.cargo/bin/garage
+	[[ -x $GARAGE_BIN ]] || die "cargo install garage succeeded but $GARAGE_BIN is missing (CARGO_INSTALL_ROOT set?)"
+}
+
+need_tools() {
+	local t
+	for t in openssl curl; do
+		command -v "$t" >/dev/null 2>&1 || die "'$t' is required (apt-get install $t)"
+	done
+}
+
+# ---------------------------------------------------------------------------------------------
+# process handling (only processes recorded in our PID files, and only if they still are what
+# we started: the PID may have been recycled)
+
+pid_alive() { # pidfile name-in-cmdline
+	local f=$1 want=$2 p
+	[[ -f $f ]] || return 1
+	p=$(cat "$f" 2>/dev/null) || return 1
+	[[ $p =~ ^[0-9]+$ ]] || return 1
+	kill -0 "$p" 2>/dev/null || return 1
+	tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$want" || return 1
+	echo "$p"
+}
+
+stop_pidfile() { # pidfile name-in-cmdline
+	local f=$1 want=$2 p
+	if p=$(pid_alive "$f" "$want"); then
+		kill "$p" 2>/dev/null || true
+		for _ in $(seq 100); do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$p" 2>/dev/null; then
+			kill -9 "$p" 2>/dev/null || true
+			sleep 0.2
+		fi
+	fi
+	rm -f "$f"
+}
+
+stop_all() {
+	stop_pidfile "$DIR/stunnel.pid" stunnel
+	stop_pidfile "$DIR/garage.pid" garage
+}
+
+# prints the HTTP status (000 when nothing answers)
+http_status() {
+	curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" 2>/dev/null || true
+}
+
+port_free() { # port
+	! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+# start
+
+g() { "$GARAGE_BIN" -c "$CFG" "$@" >>"$LOG" 2>&1; }
+
+# EXIT trap while starting: on any failure, show the logs and leave nothing running
+on_start_exit() {
+	local rc=$?
+	[[ $rc == 0 ]] && return 0
+	{
+		echo "test-server.sh: start failed (exit $rc); last lines of $LOG and $DIR/garage.log:"
+		tail -n 20 "$LOG" 2>/dev/null || true
+		tail -n 20 "$DIR/garage.log" 2>/dev/null || true
+	} >&2
+	stop_all
+	exit "$rc"
+}
+
+start() {
+	need_tools
+	install_garage
+	mkdir -p "$DIR"
+	chmod 700 "$DIR" # env.sh, garage.toml: secrets
+	stop_all
+	rm -rf "$DIR/meta" "$DIR/data" "$DIR/env.sh" "$DIR/garage.log"
+	: >"$LOG"
+
+	local port
+	for port in "$S3_PORT" "$RPC_PORT" "$ADMIN_PORT"; do
+		port_free "$port" || die "port $port on 127.0.0.1 is already in use (not by an instance of this script); set S3_PORT/RPC_PORT/ADMIN_PORT"
+	done
+	if [[ $TLS_PORT != 0 ]] && command -v stunnel4 >/dev/null 2>&1; then
+		port_free "$TLS_PORT" || die "TLS port $TLS_PORT on 127.0.0.1 is already in use; set TLS_PORT (0 disables TLS)"
+	fi
+	trap on_start_exit EXIT
+
+	mkdir -p "$DIR/meta" "$DIR/data"
+	"$GARAGE_BIN" --version >>"$LOG" 2>&1 || true
+
+	ADMIN_TOKEN=$(openssl rand -hex 32)
+	(
+		umask 077
+		cat >"$CFG" <<CONF
+metadata_dir = "$DIR/meta"
+data_dir = "$DIR/data"
+db_engine = "sqlite"
+replication_factor = 1
+# no compression: tests may grep the data dir to prove that no plaintext reaches the server
+compression_level = "none"
+rpc_bind_addr = "127.0.0.1:$RPC_PORT"
+rpc_public_addr = "127.0.0.1:$RPC_PORT"
+rpc_secret = "$(openssl rand -hex 32)"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$S3_PORT"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$ADMIN_PORT"
+admin_token = "$ADMIN_TOKEN"
+CONF
+	)
+
+	NO_COLOR=1 RUST_LOG=${RUST_LOG:-garage=info} nohup "$GARAGE_BIN" -c "$CFG" server >"$DIR/garage.log" 2>&1 </dev/null &
+	local gpid=$!
+	echo "$gpid" >"$DIR/garage.pid"
+
+	local ok=0
+	for _ in $(seq 150); do
+		kill -0 "$gpid" 2>/dev/null || die "garage exited at startup, see $DIR/garage.log"
+		if "$GARAGE_BIN" -c "$CFG" status >>"$LOG" 2>&1; then
+			ok=1
+			break
+		fi
+		sleep 0.2
+	done
+	[[ $ok == 1 ]] || die "garage did not answer 'garage status' within 30 s, see $DIR/garage.log"
+
+	local node
+	node=$("$GARAGE_BIN" -c "$CFG" node id -q 2>>"$LOG" | cut -d@ -f1)
+	[[ -n $node ]] || die "could not read the garage node id"
+	g layout assign -z dc1 -c 1G "$node"
+	g layout apply --version 1
+
+	KEY_ID=GK$(openssl rand -hex 12)
+	SECRET=$(openssl rand -hex 32)
+	g key import --yes -n "$KEY_NAME" "$KEY_ID" "$SECRET"
+	g key allow --create-bucket "$KEY_ID"
+	g bucket create "$BUCKET"
+	g bucket allow --read --write --owner "$BUCKET" --key "$KEY_ID"
+
+	# the S3 API answers (403/400 for an anonymous request is fine: it is HTTP)
+	ok=0
+	for _ in $(seq 150); do
+		[[ $(http_status "http://127.0.0.1:$S3_PORT/") != 000 ]] && {
+			ok=1
+			break
+		}
+		sleep 0.2
+	done
+	[[ $ok == 1 ]] || die "S3 endpoint http://127.0.0.1:$S3_PORT did not answer within 30 s"
+
+	TLS=0
+	if [[ $TLS_PORT != 0 ]] && command -v stunnel4 >/dev/null 2>&1; then
+		start_tls
+		TLS=1
+	elif [[ $TLS_PORT != 0 ]]; then
+		echo "stunnel4 not installed: no TLS front-end" >>"$LOG"
+	fi
+	emit_env >"$DIR/env.sh.tmp"
+	mv "$DIR/env.sh.tmp" "$DIR/env.sh"
+	trap - EXIT
+	cat "$DIR/env.sh"
+}
+
+start_tls() {
+	local tls=$DIR/tls
+	mkdir -p "$tls"
+	# self-signed LEAF certificate: rustls rejects a CA:TRUE certificate used as end entity
+	if ! openssl x509 -in "$tls/cert.pem" -noout -checkend 86400 >/dev/null 2>&1 || [[ ! -s $tls/key.pem ]]; then
+		openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 \
+			-keyout "$tls/key.pem" -out "$tls/cert.pem" -subj "/CN=127.0.0.1" \
+			-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+			-addext "basicConstraints=critical,CA:FALSE" \
+			-addext "extendedKeyUsage=serverAuth" >>"$LOG" 2>&1
+		chmod 600 "$tls/key.pem"
+	fi
+	cat >"$tls/stunnel.conf" <<CONF
+foreground = no
+pid = $DIR/stunnel.pid
+output = $tls/stunnel.log
+[ssecfs-s3]
+accept = 127.0.0.1:$TLS_PORT
+connect = 127.0.0.1:$S3_PORT
+cert = $tls/cert.pem
+key = $tls/key.pem
+CONF
+	stunnel4 "$tls/stunnel.conf" >>"$LOG" 2>&1
+	local ok=0
+	for _ in $(seq 100); do
+		[[ $(http_status --cacert "$tls/cert.pem" "https://127.0.0.1:$TLS_PORT/") != 000 ]] && {
+			ok=1
+			break
+		}
+		sleep 0.1
+	done
+	[[ $ok == 1 ]] || die "TLS front-end https://127.0.0.1:$TLS_PORT did not answer, see $tls/stunnel.log"
+}
+
+emit_env() {
+	local -a vars=(
+		S3_ENDPOINT "http://127.0.0.1:$S3_PORT"
+		AWS_ACCESS_KEY_ID "$KEY_ID"
+		AWS_SECRET_ACCESS_KEY "$SECRET"
+		AWS_REGION garage
+		AWS_DEFAULT_REGION garage
+		S3_BUCKET "$BUCKET"
+		GARAGE_BIN "$GARAGE_BIN"
+		GARAGE_CONFIG "$CFG"
+		GARAGE_ADMIN_ENDPOINT "http://127.0.0.1:$ADMIN_PORT"
+		GARAGE_ADMIN_TOKEN "$ADMIN_TOKEN"
+		SSECFS_TEST_DIR "$DIR"
+	)
+	if [[ $TLS == 1 ]]; then
+		vars+=(S3_ENDPOINT_TLS "https://127.0.0.1:$TLS_PORT" S3_CA_CERT "$DIR/tls/cert.pem")
+	fi
+	local i
+	for ((i = 0; i < ${#vars[@]}; i += 2)); do
+		printf 'export %s=%q\n' "${vars[i]}" "${vars[i + 1]}"
+	done
+}
+
+# ---------------------------------------------------------------------------------------------
+
+case ${1:-start} in
+start) start ;;
+stop) stop_all ;;
+install)
+	need_tools
+	install_garage
+	echo "garage: $GARAGE_BIN ($("$GARAGE_BIN" --version 2>/dev/null | head -n1))" >&2
+	;;
+status) pid_alive "$DIR/garage.pid" garage >/dev/null ;;
+-h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
+*) die "unknown command '$1' (start | stop | install | status)" ;;
+esac

@@ -1,0 +1,364 @@
+//! Command line: subcommands, connection options shared by all of them, and the `-o` list.
+//!
+//! mount(8) runs `ssecfs SOURCE MOUNTPOINT -o OPTS`; users run `ssecfs mount …`. Both end in
+//! [`MountArgs`]. Every long option may also be given inside `-o` (with `-` or `_`), so an
+//! fstab line can say everything the command line can; the standard mount options are
+//! understood or, where they belong to mount(8) itself, accepted and ignored.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// Mount an S3 bucket with SSE-C on every object; plaintext only in locked memory.
+#[derive(Debug, Parser)]
+#[command(name = "ssecfs", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount BUCKET[:PREFIX] at MOUNTPOINT.
+    Mount(MountArgs),
+    /// Write a new random key to PATH (mode 0600) and print its fingerprint.
+    Keygen {
+        /// Where to write the key (must not exist).
+        path: PathBuf,
+    },
+    /// Check endpoint, credentials, bucket, SSE-C writes and that the key opens objects.
+    Check(CheckArgs),
+}
+
+/// How to reach the server; shared by every subcommand.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ConnectionArgs {
+    /// S3 endpoint URL (default: AWS, or $AWS_ENDPOINT_URL).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Region (default: from the AWS configuration, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Allow a plain http:// endpoint (the key would travel in clear text).
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Path-style addressing (implied when --endpoint is given).
+    #[arg(long)]
+    pub path_style: bool,
+    /// AWS profile to take credentials from.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// AWS credentials file (must be mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Key file: 32 raw bytes or their base64 text (mode 0600).
+    #[arg(long, value_name = "PATH", required = true)]
+    pub key_file: Vec<PathBuf>,
+}
+
+/// `ssecfs check` arguments.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// BUCKET or BUCKET:PREFIX.
+    pub source: String,
+}
+
+/// `ssecfs mount` arguments.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// Stay in the foreground (default: detach once the mount is live).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Cap on plaintext memory (all locked): e.g. 256M, 1G, or `auto` to shrink to the
+    /// locked-memory limit.
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub cache_size: String,
+    /// Multipart part size (at least 5M).
+    #[arg(long, default_value = "8M", value_name = "SIZE")]
+    pub part_size: String,
+    /// Parts of one file uploaded at once.
+    #[arg(long, default_value_t = 8)]
+    pub upload_concurrency: usize,
+    /// Seconds to trust attributes and listings fetched from the server.
+    #[arg(long, default_value_t = 30)]
+    pub attr_ttl: u64,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Owner of objects that carry no uid metadata (default: the mounting user).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Group of objects that carry no gid metadata (default: the mounting group).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// umask for objects without mode metadata (octal, default 022).
+    #[arg(long, value_name = "OCTAL")]
+    pub umask: Option<String>,
+    /// Let other users access the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Let root access the mount.
+    #[arg(long)]
+    pub allow_root: bool,
+    /// Mount even if the key opens none of the sampled objects.
+    #[arg(long)]
+    pub force: bool,
+    /// Write logs here when detached (default: syslog-style stderr is closed).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Log level filter (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Mount options, comma separated (any long option, plus the standard ones).
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
+    /// Kernel mount flags gathered from -o (nosuid, nodev, noexec, …).
+    #[arg(skip)]
+    pub kernel_flags: Vec<String>,
+    /// BUCKET or BUCKET:PREFIX.
+    pub source: String,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+}
+
+/// Standard options mount(8) or systemd handle themselves: accepted, ignored.
+const IGNORED: &[&str] = &[
+    "_netdev",
+    "nofail",
+    "noauto",
+    "auto",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "defaults",
+    "default_permissions",
+    "rw",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "noexec",
+    "exec",
+    "async",
+    "sync",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "lazytime",
+    "dirsync",
+    "nodiratime",
+    "diratime",
+    "loop",
+    "bg",
+    "fg",
+    "nonempty",
+    "silent",
+    "loud",
+];
+/// Kernel mount flags we pass on.
+const KERNEL_FLAGS: &[&str] = &[
+    "nosuid", "nodev", "noexec", "suid", "dev", "exec", "noatime", "atime",
+];
+
+/// Errors in the command line or the `-o` list.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("unknown mount option `{0}` (see `ssecfs mount --help`)")]
+    UnknownOption(String),
+    #[error("mount option `{0}` needs a value (`{0}=…`)")]
+    MissingValue(String),
+    #[error("mount option `{0}` takes no value")]
+    UnexpectedValue(String),
+    #[error("bad size `{0}`: use a number with an optional K, M, G or T suffix (e.g. 256M)")]
+    BadSize(String),
+}
+
+/// Parse a size like `256M`, `1G`, `1048576`, `64KiB`.
+pub fn parse_size(s: &str) -> Result<u64, CliError> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let stripped = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mult) = match stripped.chars().last() {
+        Some('k') => (&stripped[..stripped.len() - 1], 1u64 << 10),
+        Some('m') => (&stripped[..stripped.len() - 1], 1 << 20),
+        Some('g') => (&stripped[..stripped.len() - 1], 1 << 30),
+        Some('t') => (&stripped[..stripped.len() - 1], 1 << 40),
+        _ => (stripped, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| CliError::BadSize(s.to_owned()))?;
+    if n == 0 {
+        return Err(CliError::BadSize(s.to_owned()));
+    }
+    n.checked_mul(mult)
+        .ok_or_else(|| CliError::BadSize(s.to_owned()))
+}
+
+/// Turn the process arguments into clap's form: insert `mount` for the mount(8) form, and
+/// expand every `-o a,b=c` into long options. Returns the rewritten arguments and the kernel
+/// flags found in `-o`.
+pub fn expand_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String>), CliError> {
+    let mut args = args;
+    let subcommands = [
+        "mount",
+        "keygen",
+        "check",
+        "help",
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+    ];
+    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
+        if !subcommands.contains(&first) && !first.starts_with('-') {
+            args.insert(1, "mount".into());
+        }
+    }
+    // Long options of `mount` and whether they take a value.
+    let cmd = Cli::command();
+    let mount = cmd
+        .find_subcommand("mount")
+        .expect("mount subcommand exists");
+    let longs: Vec<(String, bool)> = mount
+        .get_arguments()
+        .filter_map(|a| {
+            let takes = a.get_action().takes_values();
+            a.get_long().map(|l| (l.to_owned(), takes))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(args.len());
+    let mut kernel = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let s = a.to_str().map(str::to_owned);
+        let opts = match s.as_deref() {
+            Some("-o") => match it.next() {
+                Some(v) => v.to_string_lossy().into_owned(),
+                None => return Err(CliError::MissingValue("-o".into())),
+            },
+            Some(x) if x.starts_with("-o") && x.len() > 2 => x[2..].to_owned(),
+            _ => {
+                out.push(a);
+                continue;
+            }
+        };
+        for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (name, value) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (opt, None),
+            };
+            if name.starts_with("x-systemd.") || name.starts_with("x-") || name == "comment" {
+                continue;
+            }
+            if KERNEL_FLAGS.contains(&name) {
+                kernel.push(name.to_owned());
+                continue;
+            }
+            let canonical = name.replace('_', "-");
+            let canonical = match canonical.as_str() {
+                "ro" => "read-only".to_owned(),
+                "key" => "key-file".to_owned(),
+                other => other.to_owned(),
+            };
+            if let Some((long, takes)) = longs.iter().find(|(l, _)| *l == canonical) {
+                match (takes, value) {
+                    (true, Some(v)) => out.push(format!("--{long}={v}").into()),
+                    (true, None) => return Err(CliError::MissingValue(name.into())),
+                    (false, None) => out.push(format!("--{long}").into()),
+                    (false, Some(_)) => return Err(CliError::UnexpectedValue(name.into())),
+                }
+            } else if IGNORED.contains(&name) {
+                continue;
+            } else {
+                return Err(CliError::UnknownOption(name.into()));
+            }
+        }
+    }
+    Ok((out, kernel))
+}
+
+/// Split `BUCKET[:PREFIX]` (also accepts `s3://BUCKET/PREFIX`).
+pub fn split_source(source: &str) -> (String, String) {
+    let s = source.strip_prefix("s3://").unwrap_or(source);
+    let (bucket, prefix) = match s.split_once(':') {
+        Some((b, p)) => (b, p),
+        None => match s.split_once('/') {
+            Some((b, p)) => (b, p),
+            None => (s, ""),
+        },
+    };
+    (bucket.to_owned(), prefix.trim_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<MountArgs, String> {
+        let (args, kernel) =
+            expand_args(args.iter().map(OsString::from).collect()).map_err(|e| e.to_string())?;
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Mount(mut m) => {
+                m.kernel_flags = kernel;
+                Ok(m)
+            }
+            _ => Err("not mount".into()),
+        }
+    }
+
+    #[test]
+    fn mount8_form_with_o_options() {
+        let m = parse(&[
+            "ssecfs",
+            "bucket:pre/fix",
+            "/mnt/x",
+            "-o",
+            "rw,key_file=/k,endpoint=http://h:1,allow-http,_netdev,nosuid,x-systemd.automount,cache_size=64M,ro",
+        ])
+        .unwrap();
+        assert_eq!(m.source, "bucket:pre/fix");
+        assert_eq!(m.conn.key_file, vec![PathBuf::from("/k")]);
+        assert_eq!(m.conn.endpoint.as_deref(), Some("http://h:1"));
+        assert!(m.conn.allow_http && m.read_only);
+        assert_eq!(m.cache_size, "64M");
+        assert_eq!(m.kernel_flags, vec!["nosuid"]);
+    }
+
+    #[test]
+    fn subcommand_form_and_unknown_options() {
+        let m = parse(&["ssecfs", "mount", "--key-file", "/k", "-f", "b", "/m"]).unwrap();
+        assert!(m.foreground);
+        let err = parse(&["ssecfs", "b", "/m", "-o", "key_file=/k,frobnicate"]).unwrap_err();
+        assert!(err.contains("unknown mount option `frobnicate`"), "{err}");
+        let err = parse(&["ssecfs", "b", "/m", "-o", "key_file"]).unwrap_err();
+        assert!(err.contains("needs a value"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(split_source("b"), ("b".into(), "".into()));
+        assert_eq!(split_source("b:p/q/"), ("b".into(), "p/q".into()));
+        assert_eq!(split_source("s3://b/p"), ("b".into(), "p".into()));
+    }
+}

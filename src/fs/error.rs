@@ -1,0 +1,101 @@
+//! Filesystem errors and the one place they become errno values.
+
+use crate::cache::arena::ArenaError;
+use crate::s3::S3Error;
+
+/// What went wrong in a filesystem operation.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("file name longer than 255 bytes")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("operation not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("read-only mount")]
+    ReadOnly,
+    #[error("stale file handle")]
+    BadHandle,
+    #[error("file too large for S3 (over 10,000 parts)")]
+    TooBig,
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error(transparent)]
+    Memory(#[from] ArenaError),
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+impl FsError {
+    /// The errno the kernel (and the application) sees.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::Unsupported(_) => libc::ENOTSUP,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::TooBig => libc::EFBIG,
+            FsError::Memory(ArenaError::TooLarge { .. }) => libc::EFBIG,
+            FsError::Memory(_) => libc::ENOMEM,
+            FsError::S3(e) => match e {
+                S3Error::NotFound => libc::ENOENT,
+                S3Error::WrongKey | S3Error::AccessDenied(_) => libc::EACCES,
+                S3Error::BadCredentials(_) => libc::EACCES,
+                S3Error::NoSuchBucket => libc::ENODEV,
+                S3Error::PreconditionFailed => libc::ESTALE,
+                S3Error::Transport(_) => libc::EIO,
+                S3Error::Other { status: 416, .. } => libc::EINVAL,
+                S3Error::Other { .. } => libc::EIO,
+            },
+        }
+    }
+
+    /// Errors that are part of normal life (ENOENT on lookup) and need no log line.
+    pub fn is_quiet(&self) -> bool {
+        matches!(
+            self,
+            FsError::NotFound
+                | FsError::S3(S3Error::NotFound)
+                | FsError::Exists
+                | FsError::NotEmpty
+                | FsError::NameTooLong
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping() {
+        assert_eq!(FsError::S3(S3Error::NotFound).errno(), libc::ENOENT);
+        assert_eq!(FsError::S3(S3Error::WrongKey).errno(), libc::EACCES);
+        assert_eq!(
+            FsError::S3(S3Error::AccessDenied("x".into())).errno(),
+            libc::EACCES
+        );
+        assert_eq!(FsError::NotEmpty.errno(), libc::ENOTEMPTY);
+        assert_eq!(FsError::NameTooLong.errno(), libc::ENAMETOOLONG);
+        assert_eq!(
+            FsError::S3(S3Error::Transport("x".into())).errno(),
+            libc::EIO
+        );
+    }
+}

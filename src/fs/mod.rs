@@ -1,0 +1,1467 @@
+//! The filesystem: POSIX operations on top of an [`ObjectStore`], testable without FUSE.
+//!
+//! Paths map to keys under the mount's prefix: a file `a/b` is the object `PREFIX/a/b`, a
+//! directory is a `a/` marker object (what s3fs writes) or just a common prefix (what other
+//! tools leave). Attributes live in s3fs-compatible metadata and need a HEAD; listings give
+//! sizes and names only, so a directory read starts HEADs for its entries in the background
+//! and the lookups that follow (`ls -l`, rsync) find them ready. Everything the mount itself
+//! changed is known without asking the server.
+//!
+//! Durability: `flush` (every `close`) and `fsync` upload a changed file and report failure;
+//! metadata changes on a file being written are folded into its upload.
+
+pub mod attr;
+pub mod error;
+pub mod inode;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::cache::arena::{Arena, LockedBuf};
+use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK, SMALL_BLOCK};
+use crate::s3::{ObjectInfo, ObjectStore, S3Error, S3Result};
+use crate::upload::file::{Target, WriteContext};
+use crate::upload::{DirtyFile, UploadConfig};
+use attr::{Attr, Defaults, Kind};
+use error::{FsError, FsResult};
+use inode::{Entry, Listing, Node, Table, ROOT};
+
+/// Filesystem settings derived from the command line.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Key prefix of the mount root: "" or "some/prefix/".
+    pub prefix: String,
+    pub defaults: Defaults,
+    /// How long attributes fetched from the server are trusted.
+    pub attr_ttl: Duration,
+    /// How long a directory listing is trusted.
+    pub dir_ttl: Duration,
+    pub upload: UploadConfig,
+    pub read_only: bool,
+    /// Bytes of the arena the read cache may hold.
+    pub read_cache: u64,
+    /// Most bytes read ahead of a sequential reader.
+    pub max_readahead: u64,
+}
+
+impl FsConfig {
+    /// Sensible settings for `prefix` owned by `uid:gid`.
+    pub fn new(prefix: &str, uid: u32, gid: u32) -> FsConfig {
+        let prefix = prefix.trim_matches('/');
+        FsConfig {
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            defaults: Defaults {
+                uid,
+                gid,
+                file_perm: 0o644,
+                dir_perm: 0o755,
+            },
+            attr_ttl: Duration::from_secs(30),
+            dir_ttl: Duration::from_secs(30),
+            upload: UploadConfig::default(),
+            read_only: false,
+            read_cache: 64 << 20,
+            max_readahead: 32 << 20,
+        }
+    }
+}
+
+/// Attribute changes requested by `setattr`.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// One entry of a directory read.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub name: String,
+    pub kind: Kind,
+}
+
+/// Statistics for `statfs` (S3 has no capacity; report a large, constant one).
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Per-handle sequential-read detection.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReadAhead {
+    next: u64,
+    window: u64,
+}
+
+enum Handle {
+    File { ra: ReadAhead },
+    Dir { entries: Arc<Vec<DirEntry>> },
+}
+
+type HeadCell = Arc<OnceCell<S3Result<ObjectInfo>>>;
+
+/// The filesystem state shared by every request.
+pub struct Fs {
+    cfg: FsConfig,
+    store: Arc<dyn ObjectStore>,
+    wctx: Arc<WriteContext>,
+    table: Mutex<Table>,
+    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirtyFile>>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    heads: Mutex<HashMap<String, (Instant, HeadCell)>>,
+    prefetch_slots: Arc<Semaphore>,
+    warned: Mutex<HashSet<String>>,
+}
+
+/// Longest file name POSIX tools expect.
+pub const NAME_MAX: usize = 255;
+
+fn check_name(name: &str) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(FsError::Invalid("file name"));
+    }
+    Ok(())
+}
+
+/// Is this listing name one a path can hold?
+fn valid_listed_name(name: &str) -> bool {
+    check_name(name).is_ok()
+}
+
+impl Fs {
+    /// A filesystem over `store`, with plaintext buffers from `arena`.
+    pub fn new(cfg: FsConfig, store: Arc<dyn ObjectStore>, arena: Arena) -> Fs {
+        let cache = Arc::new(BlockCache::new(
+            store.clone(),
+            arena.clone(),
+            cfg.read_cache,
+        ));
+        let mut root = Attr::new(
+            Kind::Dir,
+            cfg.defaults.dir_perm,
+            cfg.defaults.uid,
+            cfg.defaults.gid,
+        );
+        root.mtime = SystemTime::now();
+        Fs {
+            wctx: Arc::new(WriteContext {
+                store: store.clone(),
+                arena,
+                cache,
+                config: cfg.upload,
+                upload_slots: Arc::new(Semaphore::new(cfg.upload.part_concurrency.max(1) * 2)),
+            }),
+            store,
+            table: Mutex::new(Table::new(root)),
+            files: Mutex::default(),
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            heads: Mutex::default(),
+            prefetch_slots: Arc::new(Semaphore::new(32)),
+            warned: Mutex::default(),
+            cfg,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    /// The arena holding all plaintext.
+    pub fn arena(&self) -> &Arena {
+        &self.wctx.arena
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ----- keys and nodes -------------------------------------------------------------
+
+    fn path_of(&self, ino: u64) -> FsResult<String> {
+        self.table
+            .lock()
+            .unwrap()
+            .path(ino)
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Object key of a file or symlink.
+    fn file_key(&self, ino: u64) -> FsResult<String> {
+        Ok(format!("{}{}", self.cfg.prefix, self.path_of(ino)?))
+    }
+
+    /// Key prefix of a directory's contents (also its marker object's key).
+    fn dir_prefix(&self, ino: u64) -> FsResult<String> {
+        let p = self.path_of(ino)?;
+        Ok(if p.is_empty() {
+            self.cfg.prefix.clone()
+        } else {
+            format!("{}{p}/", self.cfg.prefix)
+        })
+    }
+
+    fn child_key(&self, parent: u64, name: &str) -> FsResult<String> {
+        Ok(format!("{}{name}", self.dir_prefix(parent)?))
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Node> {
+        self.table
+            .lock()
+            .unwrap()
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    fn warn_once(&self, key: &str, what: &str) {
+        if self.warned.lock().unwrap().insert(format!("{what}:{key}")) {
+            tracing::warn!(object = key, "{what}");
+        }
+    }
+
+    // ----- HEAD cache -----------------------------------------------------------------
+
+    async fn head_cached(&self, key: &str) -> S3Result<ObjectInfo> {
+        let cell = {
+            let mut heads = self.heads.lock().unwrap();
+            match heads.get(key) {
+                Some((at, cell)) if at.elapsed() < self.cfg.attr_ttl => cell.clone(),
+                _ => {
+                    let cell: HeadCell = Arc::default();
+                    heads.insert(key.to_owned(), (Instant::now(), cell.clone()));
+                    cell
+                }
+            }
+        };
+        let r = cell
+            .get_or_init(|| async { self.store.head(key).await })
+            .await
+            .clone();
+        if matches!(&r, Err(e) if e.is_transient()) {
+            self.heads.lock().unwrap().remove(key);
+        }
+        r
+    }
+
+    fn forget_head(&self, key: &str) {
+        self.heads.lock().unwrap().remove(key);
+    }
+
+    fn forget_all_heads(&self) {
+        self.heads.lock().unwrap().clear();
+    }
+
+    fn file_node(&self, info: &ObjectInfo, key: &str) -> Node {
+        if !info.sse_c {
+            self.warn_once(key, "object is stored without SSE-C (uploaded by another tool); reading it as is, it will be encrypted when next written");
+        }
+        Node {
+            parent: 0,
+            name: String::new(),
+            attr: Attr::from_object(
+                info.size,
+                info.last_modified,
+                &info.metadata,
+                false,
+                &self.cfg.defaults,
+            ),
+            fresh_until: Instant::now() + self.cfg.attr_ttl,
+            remote: true,
+            etag: info.etag.clone(),
+            sse_c: info.sse_c,
+            lookups: 0,
+            open: 0,
+            link_target: None,
+        }
+    }
+
+    fn new_node(&self, attr: Attr, remote: bool) -> Node {
+        Node {
+            parent: 0,
+            name: String::new(),
+            attr,
+            fresh_until: inode::far_future(),
+            remote,
+            etag: String::new(),
+            sse_c: true,
+            lookups: 0,
+            open: 0,
+            link_target: None,
+        }
+    }
+
+    /// Directory node for `prefix/` from its marker (if any).
+    async fn dir_node(&self, marker_key: &str) -> FsResult<Node> {
+        let (attr, remote) = match self.head_cached(marker_key).await {
+            Ok(info) => (
+                Attr::from_object(
+                    0,
+                    info.last_modified,
+                    &info.metadata,
+                    true,
+                    &self.cfg.defaults,
+                ),
+                true,
+            ),
+            Err(S3Error::NotFound | S3Error::WrongKey) => {
+                let mut a = Attr::new(
+                    Kind::Dir,
+                    self.cfg.defaults.dir_perm,
+                    self.cfg.defaults.uid,
+                    self.cfg.defaults.gid,
+                );
+                a.mtime = SystemTime::UNIX_EPOCH;
+                a.ctime = a.mtime;
+                (a, false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut n = self.new_node(attr, remote);
+        n.fresh_until = Instant::now() + self.cfg.attr_ttl;
+        Ok(n)
+    }
+
+    fn fresh_listing(&self, parent: u64) -> Option<Listing> {
+        let t = self.table.lock().unwrap();
+        t.listings
+            .get(&parent)
+            .filter(|l| l.taken.elapsed() < self.cfg.dir_ttl)
+            .cloned()
+    }
+
+    fn listing_update(&self, parent: u64, name: &str, entry: Option<Entry>) {
+        let mut t = self.table.lock().unwrap();
+        if let Some(l) = t.listings.get_mut(&parent) {
+            match entry {
+                Some(e) => {
+                    l.entries.insert(name.to_owned(), e);
+                }
+                None => {
+                    l.entries.remove(name);
+                }
+            }
+        }
+    }
+
+    fn entry_of(attr: &Attr, etag: &str) -> Entry {
+        Entry {
+            kind: attr.kind,
+            size: attr.size,
+            mtime: attr.mtime,
+            etag: etag.to_owned(),
+        }
+    }
+
+    /// Find `name` in `parent` on the server (or in fresh caches) without touching lookup
+    /// counts.
+    async fn resolve(&self, parent: u64, name: &str) -> FsResult<u64> {
+        check_name(name)?;
+        {
+            let t = self.table.lock().unwrap();
+            let pnode = t.get(parent).ok_or(FsError::BadHandle)?;
+            if pnode.attr.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if let Some(ino) = t.child(parent, name) {
+                let n = t.get(ino).expect("child exists");
+                if n.fresh_until > Instant::now() || n.open > 0 || !n.remote {
+                    return Ok(ino);
+                }
+            }
+        }
+        let key = self.child_key(parent, name)?;
+        let listed = self
+            .fresh_listing(parent)
+            .map(|l| l.entries.get(name).cloned());
+        let node = match listed {
+            Some(None) => return Err(FsError::NotFound),
+            Some(Some(e)) if e.kind == Kind::Dir => self.dir_node(&format!("{key}/")).await?,
+            Some(Some(_)) => match self.head_cached(&key).await {
+                Ok(info) => self.file_node(&info, &key),
+                Err(e) => return Err(self.head_error(&key, e)),
+            },
+            None => {
+                let dir_prefix = format!("{key}/");
+                let (head, list) = tokio::join!(
+                    self.head_cached(&key),
+                    self.store.list(&dir_prefix, Some("/"), None, Some(1))
+                );
+                let list = list?;
+                if !list.objects.is_empty() || !list.prefixes.is_empty() {
+                    if head.is_ok() {
+                        self.warn_once(&key, "both a file and a directory have this name; the directory wins and the file is hidden");
+                    }
+                    self.dir_node(&dir_prefix).await?
+                } else {
+                    match head {
+                        Ok(info)
+                            if Attr::from_object(
+                                0,
+                                info.last_modified,
+                                &info.metadata,
+                                false,
+                                &self.cfg.defaults,
+                            )
+                            .kind
+                                == Kind::Dir =>
+                        {
+                            self.dir_node(&dir_prefix).await?
+                        }
+                        Ok(info) => self.file_node(&info, &key),
+                        Err(e) => return Err(self.head_error(&key, e)),
+                    }
+                }
+            }
+        };
+        Ok(self.table.lock().unwrap().upsert(parent, name, node))
+    }
+
+    fn head_error(&self, key: &str, e: S3Error) -> FsError {
+        if matches!(e, S3Error::WrongKey) {
+            self.warn_once(key, "the customer key does not open this object (it was written with another key); access denied");
+        }
+        e.into()
+    }
+
+    // ----- operations ---------------------------------------------------------------
+
+    /// Look up `name` in `parent`; counts a kernel reference.
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<(u64, Attr)> {
+        let ino = self.resolve(parent, name).await?;
+        let mut t = self.table.lock().unwrap();
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        n.lookups += 1;
+        Ok((ino, n.attr.clone()))
+    }
+
+    /// Drop `n` kernel references.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let busy = self.files.lock().unwrap().contains_key(&ino);
+        if !busy {
+            self.table.lock().unwrap().forget(ino, n);
+        } else if let Some(node) = self.table.lock().unwrap().get_mut(ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+    }
+
+    /// Current attributes.
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        if ino == ROOT || node.fresh_until > Instant::now() || node.open > 0 || !node.remote {
+            return Ok(node.attr);
+        }
+        // Re-validate through the parent.
+        let (parent, name) = (node.parent, node.name.clone());
+        match self.resolve(parent, &name).await {
+            Ok(new) if new == ino => Ok(self.node(ino)?.attr),
+            Ok(_) | Err(FsError::NotFound) => Ok(node.attr), // gone or replaced: keep serving what the kernel holds
+            Err(e) => Err(e),
+        }
+    }
+
+    fn target(&self, ino: u64) -> FsResult<Target> {
+        let key = self.file_key(ino)?;
+        let meta = self.node(ino)?.attr.to_metadata();
+        Ok(Target { key, meta })
+    }
+
+    /// The in-memory state of a file being written, created from its object when needed.
+    async fn dirty_file(&self, ino: u64) -> FsResult<Arc<tokio::sync::Mutex<DirtyFile>>> {
+        if let Some(f) = self.files.lock().unwrap().get(&ino) {
+            return Ok(f.clone());
+        }
+        let node = self.node(ino)?;
+        if node.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let base = if node.remote {
+            let key = self.file_key(ino)?;
+            let (etag, size, sse_c) = if node.etag.is_empty() {
+                let info = self.store.head(&key).await?;
+                (info.etag, info.size, info.sse_c)
+            } else {
+                (node.etag.clone(), node.attr.size, node.sse_c)
+            };
+            Some(ObjectRef {
+                key,
+                etag,
+                size,
+                sse_c,
+            })
+        } else {
+            None
+        };
+        let mut files = self.files.lock().unwrap();
+        Ok(files
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(DirtyFile::new(
+                    base,
+                    &self.cfg.upload,
+                )))
+            })
+            .clone())
+    }
+
+    /// Upload `ino` if it has changes; the durable point of `close` and `fsync`.
+    async fn flush_ino(&self, ino: u64) -> FsResult<()> {
+        let Some(file) = self.files.lock().unwrap().get(&ino).cloned() else {
+            return Ok(());
+        };
+        let mut f = file.lock().await;
+        if !f.is_dirty() {
+            return Ok(());
+        }
+        if !self.table.lock().unwrap().is_linked(ino) {
+            // deleted while open: nothing to keep
+            f.discard(&self.wctx).await;
+            return Ok(());
+        }
+        let target = self.target(ino)?;
+        let obj = f.flush(&self.wctx, &target).await?;
+        self.forget_head(&obj.key);
+        let (parent, name, entry) = {
+            let mut t = self.table.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::BadHandle)?;
+            n.remote = true;
+            n.etag = obj.etag.clone();
+            n.sse_c = true;
+            n.attr.size = obj.size;
+            (n.parent, n.name.clone(), Self::entry_of(&n.attr, &obj.etag))
+        };
+        self.listing_update(parent, &name, Some(entry));
+        Ok(())
+    }
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, h);
+        fh
+    }
+
+    /// Open a file; `truncate` for O_TRUNC.
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if node.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if write {
+            self.writable()?;
+        }
+        if truncate && write {
+            let f = self.dirty_file(ino).await?;
+            let target = self.target(ino)?;
+            f.lock().await.truncate(&self.wctx, &target, 0).await?;
+            let mut t = self.table.lock().unwrap();
+            if let Some(n) = t.get_mut(ino) {
+                n.attr.size = 0;
+                n.attr.mtime = SystemTime::now();
+            }
+        }
+        if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+            n.open += 1;
+        }
+        Ok(self.new_handle(Handle::File {
+            ra: ReadAhead::default(),
+        }))
+    }
+
+    /// Create and open a new file.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(u64, Attr, u64)> {
+        self.writable()?;
+        check_name(name)?;
+        let existed_remote = match self.resolve(parent, name).await {
+            Ok(ino) => {
+                let n = self.node(ino)?;
+                if n.attr.kind == Kind::Dir {
+                    return Err(FsError::IsDir);
+                }
+                n.remote
+            }
+            Err(FsError::NotFound) => false,
+            Err(e) => return Err(e),
+        };
+        let attr = Attr::new(Kind::File, (mode & 0o7777) as u16, uid, gid);
+        let mut node = self.new_node(attr.clone(), existed_remote);
+        node.lookups = 1;
+        node.open = 1;
+        let ino = self.table.lock().unwrap().upsert(parent, name, node);
+        self.files.lock().unwrap().insert(
+            ino,
+            Arc::new(tokio::sync::Mutex::new(DirtyFile::new(
+                None,
+                &self.cfg.upload,
+            ))),
+        );
+        self.listing_update(parent, name, Some(Self::entry_of(&attr, "")));
+        let fh = self.new_handle(Handle::File {
+            ra: ReadAhead::default(),
+        });
+        Ok((ino, attr, fh))
+    }
+
+    /// Read up to `size` bytes at `offset` into a locked buffer.
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<LockedBuf> {
+        let mut out = self.wctx.arena.alloc(size as usize).await?;
+        let file = self.files.lock().unwrap().get(&ino).cloned();
+        if let Some(file) = file {
+            let target = self.target(ino)?;
+            let n = file
+                .lock()
+                .await
+                .read(&self.wctx, &target, offset, &mut out)
+                .await?;
+            out.set_len(n);
+            return Ok(out);
+        }
+        let node = self.node(ino)?;
+        if node.attr.kind != Kind::File {
+            return Err(FsError::IsDir);
+        }
+        if offset >= node.attr.size || !node.remote {
+            out.set_len(0);
+            return Ok(out);
+        }
+        let mut obj = ObjectRef {
+            key: self.file_key(ino)?,
+            etag: node.etag.clone(),
+            size: node.attr.size,
+            sse_c: node.sse_c,
+        };
+        // Sequential or random? Grow the read-ahead window for sequential readers.
+        let block = {
+            let mut handles = self.handles.lock().unwrap();
+            match handles.get_mut(&fh) {
+                Some(Handle::File { ra, .. }) => {
+                    let sequential = offset == ra.next || (offset == 0 && ra.next == 0);
+                    ra.window = if sequential {
+                        (ra.window * 2).clamp(LARGE_BLOCK * 2, self.cfg.max_readahead)
+                    } else {
+                        0
+                    };
+                    ra.next = offset + u64::from(size);
+                    if sequential {
+                        let from = (offset + u64::from(size)) / LARGE_BLOCK + 1;
+                        let to = (offset + ra.window).div_ceil(LARGE_BLOCK) + 1;
+                        self.wctx.cache.prefetch(&obj, LARGE_BLOCK, from, to);
+                        LARGE_BLOCK
+                    } else if self.wctx.cache.has_large(&obj, offset) {
+                        LARGE_BLOCK
+                    } else {
+                        SMALL_BLOCK
+                    }
+                }
+                _ => SMALL_BLOCK,
+            }
+        };
+        let n = match self.wctx.cache.read(&obj, offset, &mut out, block).await {
+            Err(FsError::S3(S3Error::PreconditionFailed)) => {
+                // The object changed on the server: refresh and read the new version.
+                self.forget_head(&obj.key);
+                let info = self.store.head(&obj.key).await?;
+                obj.etag = info.etag.clone();
+                obj.size = info.size;
+                {
+                    let mut t = self.table.lock().unwrap();
+                    if let Some(n) = t.get_mut(ino) {
+                        n.etag = info.etag;
+                        n.attr.size = info.size;
+                    }
+                }
+                self.wctx.cache.read(&obj, offset, &mut out, block).await?
+            }
+            other => other?,
+        };
+        out.set_len(n);
+        Ok(out)
+    }
+
+    /// Write `data` at `offset`.
+    pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.writable()?;
+        let file = self.dirty_file(ino).await?;
+        let target = self.target(ino)?;
+        let mut f = file.lock().await;
+        f.write(&self.wctx, &target, offset, data).await?;
+        let size = f.size();
+        drop(f);
+        if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+            n.attr.size = size;
+            n.attr.mtime = SystemTime::now();
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// `close()` of one descriptor: make the file durable and report the outcome.
+    pub async fn flush(&self, ino: u64) -> FsResult<()> {
+        self.flush_ino(ino).await
+    }
+
+    /// `fsync()`: same as flush (there is no weaker durable point on S3).
+    pub async fn fsync(&self, ino: u64) -> FsResult<()> {
+        self.flush_ino(ino).await
+    }
+
+    /// Last close of a handle: upload anything left and free the file's memory.
+    pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
+        self.handles.lock().unwrap().remove(&fh);
+        let last = {
+            let mut t = self.table.lock().unwrap();
+            match t.get_mut(ino) {
+                Some(n) => {
+                    n.open = n.open.saturating_sub(1);
+                    n.open == 0
+                }
+                None => true,
+            }
+        };
+        if !last {
+            return Ok(());
+        }
+        let result = self.flush_ino(ino).await;
+        if result.is_ok() {
+            self.files.lock().unwrap().remove(&ino);
+        }
+        result
+    }
+
+    /// Open a directory: take its listing (cached while fresh) and start HEADs of its files.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if node.attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let listing = match self.fresh_listing(ino) {
+            Some(l) => l,
+            None => self.list_dir(ino).await?,
+        };
+        let mut entries = vec![
+            DirEntry {
+                ino,
+                name: ".".into(),
+                kind: Kind::Dir,
+            },
+            DirEntry {
+                ino: node.parent,
+                name: "..".into(),
+                kind: Kind::Dir,
+            },
+        ];
+        {
+            let mut t = self.table.lock().unwrap();
+            for (name, e) in &listing.entries {
+                let ino = match t.child(ino, name) {
+                    Some(c) => c,
+                    None => {
+                        let mut attr = Attr::new(
+                            e.kind,
+                            if e.kind == Kind::Dir {
+                                self.cfg.defaults.dir_perm
+                            } else {
+                                self.cfg.defaults.file_perm
+                            },
+                            self.cfg.defaults.uid,
+                            self.cfg.defaults.gid,
+                        );
+                        attr.size = e.size;
+                        attr.mtime = e.mtime;
+                        attr.ctime = e.mtime;
+                        let mut n = self.new_node(attr, true);
+                        n.etag = e.etag.clone();
+                        n.fresh_until = Instant::now(); // listing attrs are provisional
+                        t.upsert(ino, name, n)
+                    }
+                };
+                entries.push(DirEntry {
+                    ino,
+                    name: name.clone(),
+                    kind: e.kind,
+                });
+            }
+        }
+        Ok(self.new_handle(Handle::Dir {
+            entries: Arc::new(entries),
+        }))
+    }
+
+    async fn list_dir(&self, ino: u64) -> FsResult<Listing> {
+        let prefix = self.dir_prefix(ino)?;
+        let mut entries = BTreeMap::new();
+        let mut token = None;
+        let mut files = Vec::new();
+        loop {
+            let page = self
+                .store
+                .list(&prefix, Some("/"), token.take(), None)
+                .await?;
+            for o in page.objects {
+                let name = &o.key[prefix.len()..];
+                if name.is_empty() {
+                    continue; // the directory's own marker
+                }
+                if !valid_listed_name(name) {
+                    self.warn_once(&o.key, "object name is not a valid path component; skipped");
+                    continue;
+                }
+                files.push(o.key.clone());
+                entries.insert(
+                    name.to_owned(),
+                    Entry {
+                        kind: Kind::File,
+                        size: o.size,
+                        mtime: o.last_modified,
+                        etag: o.etag,
+                    },
+                );
+            }
+            for p in page.prefixes {
+                let name = p[prefix.len()..].trim_end_matches('/');
+                if !valid_listed_name(name) {
+                    self.warn_once(&p, "prefix is not a valid path component; skipped");
+                    continue;
+                }
+                // a directory wins over a file of the same name
+                entries.insert(
+                    name.to_owned(),
+                    Entry {
+                        kind: Kind::Dir,
+                        size: 0,
+                        mtime: SystemTime::UNIX_EPOCH,
+                        etag: String::new(),
+                    },
+                );
+            }
+            match page.next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        // Files created here but not uploaded yet are part of the directory too.
+        {
+            let t = self.table.lock().unwrap();
+            for (name, child) in t.children_of(ino) {
+                if let Some(n) = t.get(child) {
+                    if !n.remote || n.open > 0 {
+                        entries.insert(name, Self::entry_of(&n.attr, &n.etag));
+                    }
+                }
+            }
+        }
+        let listing = Listing {
+            entries,
+            taken: Instant::now(),
+        };
+        self.table
+            .lock()
+            .unwrap()
+            .listings
+            .insert(ino, listing.clone());
+        self.prefetch_heads(files);
+        Ok(listing)
+    }
+
+    /// Warm the HEAD cache for listed files, many at once, in the background.
+    fn prefetch_heads(&self, keys: Vec<String>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for key in keys {
+            if self
+                .heads
+                .lock()
+                .unwrap()
+                .get(&key)
+                .is_some_and(|(at, _)| at.elapsed() < self.cfg.attr_ttl)
+            {
+                continue;
+            }
+            let cell: HeadCell = Arc::default();
+            self.heads
+                .lock()
+                .unwrap()
+                .insert(key.clone(), (Instant::now(), cell.clone()));
+            let store = self.store.clone();
+            let slots = self.prefetch_slots.clone();
+            rt.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let _ = cell.get_or_init(|| async { store.head(&key).await }).await;
+            });
+        }
+    }
+
+    /// Entries of an open directory from `offset` on.
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+        let handles = self.handles.lock().unwrap();
+        match handles.get(&fh) {
+            Some(Handle::Dir { entries }) => Ok(entries
+                .iter()
+                .enumerate()
+                .skip(offset as usize)
+                .map(|(i, e)| (i as u64 + 1, e.clone()))
+                .collect()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// Close a directory handle.
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    /// Change attributes (truncate, chmod, chown, utimens).
+    pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
+        self.writable()?;
+        let node = self.node(ino)?;
+        let mut attr = node.attr.clone();
+        let now = SystemTime::now();
+        if let Some(m) = set.mode {
+            attr.perm = (m & 0o7777) as u16;
+        }
+        if let Some(u) = set.uid {
+            attr.uid = u;
+        }
+        if let Some(g) = set.gid {
+            attr.gid = g;
+        }
+        if let Some(t) = set.mtime {
+            attr.mtime = t;
+        }
+        let meta_changed = attr::Attr {
+            size: 0,
+            ctime: now,
+            ..attr.clone()
+        }
+        .to_metadata()
+            != attr::Attr {
+                size: 0,
+                ctime: now,
+                ..node.attr.clone()
+            }
+            .to_metadata();
+        if meta_changed {
+            attr.ctime = now;
+        }
+        if let Some(size) = set.size {
+            if attr.kind != Kind::File {
+                return Err(FsError::IsDir);
+            }
+            let file = self.dirty_file(ino).await?;
+            let target = self.target(ino)?;
+            file.lock()
+                .await
+                .truncate(&self.wctx, &target, size)
+                .await?;
+            attr.size = size;
+            attr.mtime = set.mtime.unwrap_or(now);
+        }
+        self.table
+            .lock()
+            .unwrap()
+            .get_mut(ino)
+            .ok_or(FsError::BadHandle)?
+            .attr = attr.clone();
+        let file = self.files.lock().unwrap().get(&ino).cloned();
+        if let Some(file) = file {
+            let mut f = file.lock().await;
+            if f.is_dirty() || set.size.is_some() {
+                // Folded into the upload that close() makes; a truncate(2) without an open
+                // handle is made durable right now.
+                f.mark_dirty();
+                drop(f);
+                if node.open == 0 {
+                    self.flush_ino(ino).await?;
+                    self.files.lock().unwrap().remove(&ino);
+                }
+                return Ok(attr);
+            }
+        }
+        if meta_changed {
+            self.store_metadata(ino, &attr).await?;
+        }
+        Ok(attr)
+    }
+
+    /// Persist metadata of an unchanged node: CopyObject onto itself (files, symlinks) or a
+    /// new marker (directories).
+    async fn store_metadata(&self, ino: u64, attr: &Attr) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if ino == ROOT && self.cfg.prefix.is_empty() {
+            return Ok(()); // the bucket root has no marker to carry metadata
+        }
+        match attr.kind {
+            Kind::Dir => {
+                let key = self.dir_prefix(ino)?;
+                self.store
+                    .put(&key, Bytes::new(), &attr.to_metadata())
+                    .await?;
+                self.forget_head(&key);
+                if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+                    n.remote = true;
+                }
+            }
+            Kind::File | Kind::Symlink => {
+                if !node.remote {
+                    return Ok(());
+                }
+                let key = self.file_key(ino)?;
+                let etag = crate::s3::copy_any_size(
+                    self.store.as_ref(),
+                    &key,
+                    &key,
+                    attr.size,
+                    &attr.to_metadata(),
+                    true,
+                    node.sse_c,
+                    self.cfg.upload.part_size,
+                )
+                .await?;
+                self.forget_head(&key);
+                self.wctx.cache.invalidate(&key);
+                if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+                    n.etag = etag;
+                    n.sse_c = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Make a directory (an s3fs-style `name/` marker).
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(u64, Attr)> {
+        self.writable()?;
+        match self.resolve(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let key = format!("{}/", self.child_key(parent, name)?);
+        let attr = Attr::new(Kind::Dir, (mode & 0o7777) as u16, uid, gid);
+        self.store
+            .put(&key, Bytes::new(), &attr.to_metadata())
+            .await?;
+        self.forget_head(&key);
+        let mut node = self.new_node(attr.clone(), true);
+        node.lookups = 1;
+        let ino = {
+            let mut t = self.table.lock().unwrap();
+            let ino = t.upsert(parent, name, node);
+            // A new directory is empty: its listing is complete.
+            t.listings.insert(
+                ino,
+                Listing {
+                    entries: BTreeMap::new(),
+                    taken: Instant::now(),
+                },
+            );
+            ino
+        };
+        self.listing_update(parent, name, Some(Self::entry_of(&attr, "")));
+        Ok((ino, attr))
+    }
+
+    /// Is the directory empty on the server and locally?
+    async fn dir_is_empty(&self, ino: u64) -> FsResult<bool> {
+        {
+            let t = self.table.lock().unwrap();
+            if t.children_of(ino)
+                .iter()
+                .any(|(_, c)| t.get(*c).is_some_and(|n| !n.remote))
+            {
+                return Ok(false);
+            }
+        }
+        let prefix = self.dir_prefix(ino)?;
+        let page = self.store.list(&prefix, None, None, Some(2)).await?;
+        Ok(page.objects.iter().all(|o| o.key == prefix))
+    }
+
+    /// Remove an empty directory.
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let ino = self.resolve(parent, name).await?;
+        if self.node(ino)?.attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.dir_is_empty(ino).await? {
+            return Err(FsError::NotEmpty);
+        }
+        let key = self.dir_prefix(ino)?;
+        match self.store.delete(&key).await {
+            Ok(()) | Err(S3Error::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.forget_head(&key);
+        let mut t = self.table.lock().unwrap();
+        t.detach(ino);
+        t.listings.remove(&ino);
+        if let Some(l) = t.listings.get_mut(&parent) {
+            l.entries.remove(name);
+        }
+        Ok(())
+    }
+
+    /// Remove a file or symlink.
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let ino = self.resolve(parent, name).await?;
+        let node = self.node(ino)?;
+        if node.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let key = self.file_key(ino)?;
+        if node.remote {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(S3Error::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let file = self.files.lock().unwrap().get(&ino).cloned();
+        if let Some(file) = file {
+            file.lock().await.discard(&self.wctx).await;
+        }
+        self.forget_head(&key);
+        self.wctx.cache.invalidate(&key);
+        self.table.lock().unwrap().detach(ino);
+        self.listing_update(parent, name, None);
+        Ok(())
+    }
+
+    /// Make a symbolic link: an object whose body is the target, as s3fs stores them.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(u64, Attr)> {
+        self.writable()?;
+        match self.resolve(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let key = self.child_key(parent, name)?;
+        let mut attr = Attr::new(Kind::Symlink, 0o777, uid, gid);
+        attr.size = target.len() as u64;
+        let etag = self
+            .store
+            .put(
+                &key,
+                Bytes::copy_from_slice(target.as_bytes()),
+                &attr.to_metadata(),
+            )
+            .await?;
+        self.forget_head(&key);
+        let mut node = self.new_node(attr.clone(), true);
+        node.etag = etag.clone();
+        node.lookups = 1;
+        node.link_target = Some(target.to_owned());
+        let ino = self.table.lock().unwrap().upsert(parent, name, node);
+        self.listing_update(parent, name, Some(Self::entry_of(&attr, &etag)));
+        Ok((ino, attr))
+    }
+
+    /// Target of a symbolic link.
+    pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+        let node = self.node(ino)?;
+        if node.attr.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        if let Some(t) = node.link_target {
+            return Ok(t);
+        }
+        let key = self.file_key(ino)?;
+        let mut buf = self
+            .wctx
+            .arena
+            .alloc(node.attr.size.clamp(1, 4096) as usize)
+            .await?;
+        let n = self
+            .store
+            .get_range(&key, 0, &mut buf, None, node.sse_c)
+            .await?;
+        let target = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+            n.link_target = Some(target.clone());
+        }
+        Ok(target)
+    }
+
+    /// Rename a file, symlink or whole directory. Files: CopyObject (both key trios) then
+    /// delete. Directories: copy every object below, then delete the sources, so a failure
+    /// half-way leaves every object readable under its old name or its new one.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        self.writable()?;
+        check_name(new_name)?;
+        let ino = self.resolve(parent, name).await?;
+        let node = self.node(ino)?;
+        let dst = match self.resolve(new_parent, new_name).await {
+            Ok(d) => Some(d),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if dst == Some(ino) {
+            return Ok(());
+        }
+        if let Some(d) = dst {
+            if no_replace {
+                return Err(FsError::Exists);
+            }
+            let dn = self.node(d)?;
+            match (node.attr.kind == Kind::Dir, dn.attr.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.dir_is_empty(d).await? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+        }
+        if node.attr.kind == Kind::Dir && self.table.lock().unwrap().is_within(new_parent, ino) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        if node.attr.kind == Kind::Dir {
+            self.rename_dir(ino, new_parent, new_name, dst).await?;
+        } else {
+            self.rename_file(ino, new_parent, new_name, dst).await?;
+        }
+        let attr = self.node(ino)?.attr;
+        let etag = self.node(ino)?.etag;
+        {
+            let mut t = self.table.lock().unwrap();
+            t.rename(ino, new_parent, new_name);
+            if let Some(l) = t.listings.get_mut(&parent) {
+                l.entries.remove(name);
+            }
+        }
+        self.listing_update(new_parent, new_name, Some(Self::entry_of(&attr, &etag)));
+        self.forget_all_heads();
+        Ok(())
+    }
+
+    async fn rename_file(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &str,
+        dst: Option<u64>,
+    ) -> FsResult<()> {
+        let src_key = self.file_key(ino)?;
+        let dst_key = self.child_key(new_parent, new_name)?;
+        // A file being written whose object exists (or whose upload already started) is
+        // made whole first, so the copy carries its current content.
+        let file = self.files.lock().unwrap().get(&ino).cloned();
+        if let Some(file) = &file {
+            let f = file.lock().await;
+            let must_flush = f.is_streaming() || (f.is_dirty() && self.node(ino)?.remote);
+            drop(f);
+            if must_flush {
+                self.flush_ino(ino).await?;
+            }
+        }
+        let node = self.node(ino)?;
+        if node.remote {
+            let etag = crate::s3::copy_any_size(
+                self.store.as_ref(),
+                &src_key,
+                &dst_key,
+                node.attr.size,
+                &node.attr.to_metadata(),
+                true,
+                node.sse_c,
+                self.cfg.upload.part_size,
+            )
+            .await?;
+            self.store.delete(&src_key).await?;
+            self.wctx.cache.invalidate(&src_key);
+            self.wctx.cache.invalidate(&dst_key);
+            if let Some(file) = &file {
+                // The file's base object moved with it.
+                let mut f = file.lock().await;
+                if !f.is_dirty() {
+                    *f = DirtyFile::new(
+                        Some(ObjectRef {
+                            key: dst_key.clone(),
+                            etag: etag.clone(),
+                            size: node.attr.size,
+                            sse_c: true,
+                        }),
+                        &self.cfg.upload,
+                    );
+                }
+            }
+            if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+                n.etag = etag;
+                n.sse_c = true;
+            }
+        }
+        if let Some(d) = dst {
+            if self.node(d)?.attr.kind == Kind::Dir {
+                let _ = self.store.delete(&format!("{dst_key}/")).await;
+            }
+            let file = self.files.lock().unwrap().get(&d).cloned();
+            if let Some(file) = file {
+                file.lock().await.discard(&self.wctx).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn rename_dir(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &str,
+        dst: Option<u64>,
+    ) -> FsResult<()> {
+        // Everything written below the directory goes to the server first.
+        let below: Vec<u64> = {
+            let t = self.table.lock().unwrap();
+            let files = self.files.lock().unwrap();
+            files
+                .keys()
+                .copied()
+                .filter(|f| t.is_within(*f, ino))
+                .collect()
+        };
+        for f in below {
+            self.flush_ino(f).await?;
+        }
+        let src = self.dir_prefix(ino)?;
+        let dst_prefix = format!("{}/", self.child_key(new_parent, new_name)?);
+        let mut objects = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.store.list(&src, None, token.take(), None).await?;
+            objects.extend(page.objects);
+            match page.next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        if !objects.iter().any(|o| o.key == src) {
+            // no marker: write one at the destination so the (maybe empty) directory exists
+            let attr = self.node(ino)?.attr;
+            self.store
+                .put(&dst_prefix, Bytes::new(), &attr.to_metadata())
+                .await?;
+        }
+        // Copy all, then delete all.
+        let results: Vec<FsResult<()>> = futures::future::join_all(objects.iter().map(|o| {
+            let to = format!("{dst_prefix}{}", &o.key[src.len()..]);
+            async move {
+                if o.size > crate::s3::MAX_COPY_OBJECT {
+                    let info = self.store.head(&o.key).await?;
+                    crate::s3::copy_any_size(
+                        self.store.as_ref(),
+                        &o.key,
+                        &to,
+                        o.size,
+                        &info.metadata,
+                        true,
+                        info.sse_c,
+                        self.cfg.upload.part_size,
+                    )
+                    .await?;
+                } else {
+                    let sse_c = match self.store.copy(&o.key, &to, None, true).await {
+                        Err(S3Error::WrongKey) => false,
+                        Err(e) => return Err(e.into()),
+                        Ok(_) => true,
+                    };
+                    if !sse_c {
+                        self.store.copy(&o.key, &to, None, false).await?;
+                    }
+                }
+                Ok(())
+            }
+        }))
+        .await;
+        results.into_iter().collect::<FsResult<Vec<()>>>()?;
+        for o in &objects {
+            self.store.delete(&o.key).await?;
+            self.wctx.cache.invalidate(&o.key);
+        }
+        if let Some(d) = dst {
+            let mut t = self.table.lock().unwrap();
+            t.listings.remove(&d);
+        }
+        Ok(())
+    }
+
+    /// Filesystem statistics.
+    pub fn statfs(&self) -> StatFs {
+        StatFs {
+            blocks: 1 << 40,
+            bfree: 1 << 40,
+            files: 1 << 40,
+            ffree: 1 << 40,
+            bsize: 4096,
+            namelen: NAME_MAX as u32,
+        }
+    }
+
+    /// Upload every changed file (unmount, SIGTERM). Returns how many failed.
+    pub async fn flush_all(&self) -> usize {
+        let inos: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
+        let mut failed = 0;
+        for ino in inos {
+            if let Err(e) = self.flush_ino(ino).await {
+                tracing::error!(ino, error = %e, "could not upload a file at unmount");
+                failed += 1;
+            }
+        }
+        failed
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Filesystem tests against the in-memory store (no FUSE, no server).

@@ -1,0 +1,16 @@
+//! ssecfs: a FUSE filesystem over an S3 bucket where every object is stored with SSE-C and
+//! plaintext lives only in locked, non-dumpable memory.
+//!
+//! Layers, from the kernel down: [`fuse`] (thin adapter) → [`fs`] (inodes, handles,
+//! attributes, errno) → [`upload`] (write path) and [`cache`] (locked arena, block cache) →
+//! [`s3`] (the only code that builds requests). [`key`] holds the customer key; [`cli`]
+//! parses the command line and mount options; [`run`] wires it all together.
+
+pub mod cache;
+pub mod cli;
+pub mod fs;
+pub mod fuse;
+pub mod key;
+pub mod run;
+pub mod s3;
+pub mod upload;

@@ -1,0 +1,508 @@
+//! Wiring: from parsed arguments to a live mount (or a keygen / check), with the process
+//! discipline a mount needs.
+//!
+//! Order matters. Everything the user can get wrong (key file, options, sizes) is checked
+//! before forking, so mount(8) prints the message. Without `-f` the process forks *before*
+//! any thread or runtime exists; the child reports through a pipe, and the parent exits 0
+//! only once the kernel mount is live. The key is loaded again in the child because locked
+//! memory is `MADV_DONTFORK`.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cache::arena::{forbid_core_dumps, Arena};
+use crate::cli::{self, CheckArgs, Cli, Command, ConnectionArgs, MountArgs};
+use crate::fs::{Fs, FsConfig};
+use crate::key::CustomerKey;
+use crate::s3::aws::{build_client, AwsStore, Connection};
+use crate::s3::{ObjectStore, S3Error};
+use crate::upload::UploadConfig;
+
+/// Entry point of the binary.
+pub fn main_entry() -> ExitCode {
+    forbid_core_dumps();
+    let (args, kernel_flags) =
+        match cli::expand_args(std::env::args_os().collect::<Vec<OsString>>()) {
+            Ok(v) => v,
+            Err(e) => return fail(&e.to_string()),
+        };
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Keygen { path } => keygen(&path),
+        Command::Check(c) => check(c),
+        Command::Mount(mut m) => {
+            m.kernel_flags = kernel_flags;
+            match mount(m) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(msg) => fail(&msg),
+            }
+        }
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("ssecfs: {msg}");
+    ExitCode::from(1)
+}
+
+fn keygen(path: &Path) -> ExitCode {
+    match crate::key::generate_key_file(path) {
+        Ok(k) => {
+            println!("wrote a new key to {} (mode 0600)", path.display());
+            println!("fingerprint: {}", k.fingerprint());
+            println!("keep a copy somewhere safe: without this key the data cannot be read");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn init_logging(level: &str, file: Option<&Path>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SSECFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ssecfs={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let result = match file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    }) {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    let _ = result;
+}
+
+fn load_key(conn: &ConnectionArgs) -> Result<CustomerKey, String> {
+    let path = conn
+        .key_file
+        .first()
+        .ok_or("a key file is required: --key-file PATH")?;
+    CustomerKey::load(path).map_err(|e| e.to_string())
+}
+
+fn connection(conn: &ConnectionArgs) -> Result<Connection, String> {
+    if let Some(c) = &conn.credentials {
+        let meta =
+            std::fs::metadata(c).map_err(|e| format!("credentials file {}: {e}", c.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "credentials file {} is readable by group or others; run `chmod 600 {}`",
+                c.display(),
+                c.display()
+            ));
+        }
+        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", c);
+    }
+    Ok(Connection {
+        endpoint: conn.endpoint.clone(),
+        region: conn.region.clone(),
+        path_style: conn.path_style,
+        allow_http: conn.allow_http,
+        profile: conn.profile.clone(),
+    })
+}
+
+async fn connect(
+    conn: &ConnectionArgs,
+    bucket: &str,
+    key: CustomerKey,
+) -> Result<Arc<AwsStore>, String> {
+    let client = build_client(&connection(conn)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(AwsStore::new(
+        client,
+        bucket.to_owned(),
+        Arc::new(key),
+    )))
+}
+
+/// Explain an S3 error met while checking a bucket, in terms of what the user should do.
+fn explain(e: &S3Error, bucket: &str, endpoint: &str) -> String {
+    match e {
+        S3Error::NoSuchBucket => format!("bucket `{bucket}` does not exist at {endpoint}"),
+        S3Error::BadCredentials(code) => format!(
+            "the server refused the credentials ({code}); check AWS_ACCESS_KEY_ID / \
+             AWS_SECRET_ACCESS_KEY or the profile"
+        ),
+        S3Error::AccessDenied(m) => format!("access to bucket `{bucket}` denied: {m}"),
+        S3Error::Transport(m) => format!("cannot reach the endpoint {endpoint}: {m}"),
+        other => other.to_string(),
+    }
+}
+
+/// What mount checks before it goes live: the bucket answers with these credentials, and
+/// the key opens at least one of the objects sampled (unless the bucket is empty).
+async fn preflight(
+    store: &AwsStore,
+    prefix: &str,
+    endpoint: &str,
+    force: bool,
+) -> Result<(), String> {
+    let page = store
+        .list(prefix, None, None, Some(20))
+        .await
+        .map_err(|e| explain(&e, store.bucket(), endpoint))?;
+    let sample: Vec<_> = page
+        .objects
+        .iter()
+        .filter(|o| !o.key.ends_with('/'))
+        .take(5)
+        .collect();
+    if sample.is_empty() || force {
+        return Ok(());
+    }
+    let mut opened = 0;
+    let mut wrong = 0;
+    for o in &sample {
+        match store.head(&o.key).await {
+            Ok(_) => opened += 1,
+            Err(S3Error::WrongKey | S3Error::AccessDenied(_)) => wrong += 1,
+            Err(e) => return Err(explain(&e, store.bucket(), endpoint)),
+        }
+    }
+    if opened == 0 && wrong > 0 {
+        return Err(format!(
+            "the key (fingerprint {}) opens none of the {wrong} objects sampled in `{}`; is this \
+             the right key? (use --force to mount anyway)",
+            store_key_fingerprint(store),
+            store.bucket()
+        ));
+    }
+    Ok(())
+}
+
+fn store_key_fingerprint(store: &AwsStore) -> String {
+    // The Debug form of the store shows only the fingerprint of its key.
+    let dbg = format!("{store:?}");
+    dbg.split("fingerprint ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    init_logging("warn", None);
+    let key = match load_key(&args.conn) {
+        Ok(k) => k,
+        Err(e) => return fail(&e),
+    };
+    let fp = key.fingerprint().to_owned();
+    let (bucket, prefix) = cli::split_source(&args.source);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let endpoint = args.conn.endpoint.clone().unwrap_or_else(|| "AWS".into());
+    let result: Result<(), String> = rt.block_on(async {
+        let store = connect(&args.conn, &bucket, key).await?;
+        println!("key fingerprint {fp}");
+        preflight(&store, &format_prefix(&prefix), &endpoint, true).await?;
+        println!("ok   endpoint reachable, credentials valid, bucket `{bucket}` exists");
+        let probe = format!("{}.ssecfs-check-{}", format_prefix(&prefix), std::process::id());
+        match store.put(&probe, bytes::Bytes::from_static(b"ssecfs probe"), &Default::default()).await {
+            Ok(_) => {
+                store.head(&probe).await.map_err(|e| format!("probe object unreadable: {e}"))?;
+                let _ = store.delete(&probe).await;
+                println!("ok   SSE-C writes allowed");
+            }
+            Err(S3Error::AccessDenied(_)) => {
+                return Err(format!(
+                    "SSE-C writes are refused (403): the bucket probably blocks SSE-C \
+                     (BlockedEncryptionTypes). The owner can lift it with: aws s3api \
+                     put-bucket-encryption --bucket {bucket} --server-side-encryption-configuration \
+                     '{{\"Rules\":[{{\"ApplyServerSideEncryptionByDefault\":{{\"SSEAlgorithm\":\"AES256\"}},\"BlockedEncryptionTypes\":{{\"EncryptionType\":[\"NONE\"]}}}}]}}'"
+                ))
+            }
+            Err(e) => return Err(explain(&e, &bucket, &endpoint)),
+        }
+        let page = store.list(&format_prefix(&prefix), None, None, Some(20)).await.map_err(|e| e.to_string())?;
+        let (mut ok, mut wrong) = (0, 0);
+        for o in page.objects.iter().filter(|o| !o.key.ends_with('/')) {
+            match store.head(&o.key).await {
+                Ok(_) => ok += 1,
+                Err(_) => wrong += 1,
+            }
+        }
+        if ok == 0 && wrong > 0 {
+            return Err(format!("the key opens none of the {wrong} objects sampled"));
+        }
+        println!("ok   the key opens {ok} of {} objects sampled", ok + wrong);
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn format_prefix(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+/// Everything validated before forking, so the parent can report it.
+struct Prepared {
+    bucket: String,
+    prefix: String,
+    cache_size: u64,
+    shrink: bool,
+    part_size: u64,
+    umask: u32,
+}
+
+fn prepare(m: &MountArgs) -> Result<Prepared, String> {
+    drop(load_key(&m.conn)?);
+    connection(&m.conn)?;
+    let (bucket, prefix) = cli::split_source(&m.source);
+    if bucket.is_empty() {
+        return Err(format!(
+            "`{}` names no bucket; expected BUCKET[:PREFIX]",
+            m.source
+        ));
+    }
+    let meta = std::fs::metadata(&m.mountpoint)
+        .map_err(|e| format!("mountpoint {}: {e}", m.mountpoint.display()))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "mountpoint {} is not a directory",
+            m.mountpoint.display()
+        ));
+    }
+    let (cache_size, shrink) = if m.cache_size.eq_ignore_ascii_case("auto") {
+        (256 << 20, true)
+    } else {
+        (
+            cli::parse_size(&m.cache_size).map_err(|e| format!("--cache-size: {e}"))?,
+            false,
+        )
+    };
+    if cache_size < 16 << 20 {
+        return Err(format!(
+            "--cache-size {} is too small: at least 16M is needed",
+            m.cache_size
+        ));
+    }
+    let part_size = cli::parse_size(&m.part_size).map_err(|e| format!("--part-size: {e}"))?;
+    if part_size < crate::s3::MIN_PART || part_size > 1 << 30 {
+        return Err(format!(
+            "--part-size {} must be between 5M and 1G",
+            m.part_size
+        ));
+    }
+    if part_size * 4 > cache_size {
+        return Err(format!(
+            "--cache-size {} is too small for --part-size {}: at least four parts must fit",
+            m.cache_size, m.part_size
+        ));
+    }
+    let umask = match &m.umask {
+        Some(u) => u32::from_str_radix(u, 8)
+            .map_err(|_| format!("--umask {u}: expected octal like 022"))?,
+        None => 0o022,
+    };
+    Ok(Prepared {
+        bucket,
+        prefix,
+        cache_size,
+        shrink,
+        part_size,
+        umask,
+    })
+}
+
+fn mount(m: MountArgs) -> Result<(), String> {
+    let prep = prepare(&m)?;
+    if m.foreground {
+        init_logging(&m.log_level, m.log_file.as_deref());
+        return serve(&m, &prep, None);
+    }
+    // Detach: fork now (no threads yet), the child reports readiness through a pipe.
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the process is single-threaded here (no runtime, no logging threads yet).
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(read_end);
+            // SAFETY: setsid has no memory effects; we are the child of a fresh fork.
+            unsafe { libc::setsid() };
+            redirect_stdio();
+            init_logging(&m.log_level, m.log_file.as_deref());
+            let mut pipe = std::fs::File::from(write_end);
+            let result = serve(&m, &prep, Some(&mut pipe));
+            if let Err(e) = &result {
+                let _ = writeln!(pipe, "ERR {e}");
+                tracing::error!("{e}");
+            }
+            std::process::exit(if result.is_ok() { 0 } else { 1 });
+        }
+        _child => {
+            drop(write_end);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
+            if msg.starts_with("OK") {
+                Ok(())
+            } else if let Some(e) = msg.lines().find_map(|l| l.strip_prefix("ERR ")) {
+                Err(e.to_owned())
+            } else {
+                Err("the mount process exited before the mount was live (see its log)".into())
+            }
+        }
+    }
+}
+
+fn redirect_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto the standard descriptors of this process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// Mount and serve until unmounted; `ready` hears "OK" once the mount is live.
+fn serve(m: &MountArgs, prep: &Prepared, ready: Option<&mut std::fs::File>) -> Result<(), String> {
+    let key = load_key(&m.conn)?;
+    let arena = Arena::new(prep.cache_size as usize, prep.shrink).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("ssecfs-io")
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let endpoint = m.conn.endpoint.clone().unwrap_or_else(|| "AWS".into());
+    let store = rt.block_on(async {
+        let store = connect(&m.conn, &prep.bucket, key).await?;
+        preflight(&store, &format_prefix(&prep.prefix), &endpoint, m.force).await?;
+        Ok::<_, String>(store)
+    })?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut cfg = FsConfig::new(&prep.prefix, m.uid.unwrap_or(uid), m.gid.unwrap_or(gid));
+    cfg.defaults.file_perm = (0o666 & !prep.umask) as u16;
+    cfg.defaults.dir_perm = (0o777 & !prep.umask) as u16;
+    cfg.attr_ttl = Duration::from_secs(m.attr_ttl);
+    cfg.dir_ttl = Duration::from_secs(m.attr_ttl);
+    cfg.read_only = m.read_only;
+    cfg.upload = UploadConfig {
+        part_size: prep.part_size,
+        part_concurrency: m.upload_concurrency.max(1),
+    };
+    cfg.read_cache = arena.cap() as u64 / 2;
+    cfg.max_readahead = (arena.cap() as u64 / 8).clamp(4 << 20, 64 << 20);
+    let fs = Arc::new(Fs::new(cfg, store as Arc<dyn ObjectStore>, arena));
+
+    let mut options = vec![
+        fuser::MountOption::FSName(format!("ssecfs:{}", m.source)),
+        fuser::MountOption::Subtype("ssecfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    if m.read_only {
+        options.push(fuser::MountOption::RO);
+    }
+    for f in &m.kernel_flags {
+        options.push(match f.as_str() {
+            "nosuid" => fuser::MountOption::NoSuid,
+            "nodev" => fuser::MountOption::NoDev,
+            "noexec" => fuser::MountOption::NoExec,
+            "suid" => fuser::MountOption::Suid,
+            "dev" => fuser::MountOption::Dev,
+            "exec" => fuser::MountOption::Exec,
+            "atime" => fuser::MountOption::Atime,
+            _ => fuser::MountOption::NoAtime,
+        });
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.n_threads = Some(16);
+    config.acl = if m.allow_other {
+        fuser::SessionACL::All
+    } else if m.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let adapter = crate::fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let mut session = fuser::Session::new(adapter, &m.mountpoint, &config)
+        .map_err(|e| format!("cannot mount at {}: {e}", m.mountpoint.display()))?;
+    tracing::info!(source = %m.source, mountpoint = %m.mountpoint.display(), "mounted");
+    if let Some(pipe) = ready {
+        let _ = writeln!(pipe, "OK");
+    }
+    // SIGTERM / SIGINT: upload everything pending, then unmount (which ends the session).
+    let mut unmounter = session.unmount_callable();
+    let fs_sig = fs.clone();
+    let mountpoint = m.mountpoint.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received: uploading pending writes, then unmounting");
+        let failed = fs_sig.flush_all().await;
+        if failed > 0 {
+            tracing::error!(failed, "files could not be uploaded");
+        }
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, mountpoint = %mountpoint.display(), "unmount failed; trying lazy unmount");
+            let _ = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&mountpoint).status();
+        }
+    });
+    let result = session
+        .run()
+        .map_err(|e| format!("FUSE session ended with an error: {e}"));
+    let failed = rt.block_on(fs.flush_all());
+    rt.shutdown_timeout(Duration::from_secs(5));
+    if failed > 0 {
+        return Err(format!("{failed} files could not be uploaded before exit"));
+    }
+    result
+}

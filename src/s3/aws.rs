@@ -1,0 +1,694 @@
+//! The aws-sdk-s3 implementation of [`ObjectStore`]: the only code that builds S3 requests.
+//!
+//! Every request that touches object data or metadata goes through [`with_key!`] (the SSE-C
+//! trio) and every copy also through [`with_source_key!`] (the copy-source trio), so a new
+//! operation cannot be added without them by accident; `tests` below check each operation's
+//! headers on the wire with a capturing HTTP client.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use bytes::Bytes;
+
+use super::{
+    CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, S3Error, S3Result,
+};
+use crate::key::CustomerKey;
+
+/// Adds the SSE-C trio (algorithm, key, key MD5) to a request builder.
+macro_rules! with_key {
+    ($builder:expr, $key:expr) => {
+        $builder
+            .sse_customer_algorithm("AES256")
+            .sse_customer_key($key.base64())
+            .sse_customer_key_md5($key.md5_base64())
+    };
+}
+
+/// Adds the copy-source SSE-C trio to a copy request builder.
+macro_rules! with_source_key {
+    ($builder:expr, $key:expr) => {
+        $builder
+            .copy_source_sse_customer_algorithm("AES256")
+            .copy_source_sse_customer_key($key.base64())
+            .copy_source_sse_customer_key_md5($key.md5_base64())
+    };
+}
+
+/// S3 through aws-sdk-s3, bound to one bucket and one customer key.
+pub struct AwsStore {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: Arc<CustomerKey>,
+}
+
+impl std::fmt::Debug for AwsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsStore")
+            .field("bucket", &self.bucket)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl AwsStore {
+    /// Wrap a configured client.
+    pub fn new(client: aws_sdk_s3::Client, bucket: String, key: Arc<CustomerKey>) -> AwsStore {
+        AwsStore {
+            client,
+            bucket,
+            key,
+        }
+    }
+
+    /// The bucket this store talks to.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The underlying client (for `check`, which probes bucket-level state).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    fn copy_source(&self, src: &str) -> String {
+        format!("{}/{}", self.bucket, encode_key(src))
+    }
+}
+
+/// Percent-encode an object key for `x-amz-copy-source` (slashes kept).
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for &b in key.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
+    t.and_then(|d| SystemTime::try_from(*d).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Map an SDK error to [`S3Error`] by HTTP status and error code.
+fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E, HttpResponse>) -> S3Error {
+    match &e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("").to_owned();
+            let message = se.err().message().unwrap_or("").to_owned();
+            classify(status, code, message)
+        }
+        SdkError::ResponseError(re) => {
+            let status = re.raw().status().as_u16();
+            classify(status, String::new(), "unreadable response".into())
+        }
+        SdkError::TimeoutError(_) => S3Error::Transport("request timed out".into()),
+        SdkError::DispatchFailure(df) => S3Error::Transport(
+            df.as_connector_error()
+                .map(|c| {
+                    let mut s = c.to_string();
+                    let mut src = std::error::Error::source(c);
+                    while let Some(inner) = src {
+                        s.push_str(": ");
+                        s.push_str(&inner.to_string());
+                        src = inner.source();
+                    }
+                    s
+                })
+                .unwrap_or_else(|| "dispatch failure".into()),
+        ),
+        _ => S3Error::Other {
+            status: 0,
+            code: "Client".into(),
+            message: format!("{e:?}").chars().take(300).collect(),
+        },
+    }
+}
+
+/// Status + code → error kind. 400 without a more specific code on a keyed request means the
+/// key does not open the object (Garage; HEAD answers have no body, so no code at all).
+pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
+    match (status, code.as_str()) {
+        (404, "NoSuchBucket") => S3Error::NoSuchBucket,
+        (404, _) => S3Error::NotFound,
+        (400, "" | "InvalidRequest") => S3Error::WrongKey,
+        (403, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken") => {
+            S3Error::BadCredentials(code)
+        }
+        (403, _) => S3Error::AccessDenied(if code.is_empty() { message } else { code }),
+        (412, _) => S3Error::PreconditionFailed,
+        _ => S3Error::Other {
+            status,
+            code,
+            message,
+        },
+    }
+}
+
+#[async_trait]
+impl ObjectStore for AwsStore {
+    async fn head(&self, key: &str) -> S3Result<ObjectInfo> {
+        let keyed = with_key!(
+            self.client.head_object().bucket(&self.bucket).key(key),
+            self.key
+        )
+        .send()
+        .await;
+        let (out, sse_c) = match keyed {
+            Ok(out) => (out, true),
+            Err(e) => match map_err(e) {
+                // Maybe a plain object uploaded by another tool: ask without the key.
+                S3Error::WrongKey => match self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                {
+                    Ok(out) if out.sse_customer_algorithm().is_none() => (out, false),
+                    _ => return Err(S3Error::WrongKey),
+                },
+                other => return Err(other),
+            },
+        };
+        Ok(ObjectInfo {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().unwrap_or("").to_owned(),
+            last_modified: to_system_time(out.last_modified()),
+            metadata: out
+                .metadata()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            sse_c,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        buf: &mut [u8],
+        etag: Option<&str>,
+        sse_c: bool,
+    ) -> S3Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!(
+                "bytes={}-{}",
+                offset,
+                offset + buf.len() as u64 - 1
+            ));
+        if let Some(etag) = etag {
+            req = req.if_match(etag);
+        }
+        if sse_c {
+            req = with_key!(req, self.key);
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let err = map_err(e);
+                if let S3Error::Other { status: 416, .. } = err {
+                    return Ok(0);
+                }
+                return Err(err);
+            }
+        };
+        let mut body = out.body;
+        let mut filled = 0;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| S3Error::Transport(format!("reading response body: {e}")))?
+        {
+            let n = chunk.len().min(buf.len() - filled);
+            buf[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
+        }
+        Ok(filled)
+    }
+
+    async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String> {
+        let req = with_key!(
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_metadata(Some(meta.clone().into_iter().collect()))
+                .body(ByteStream::from(body)),
+            self.key
+        );
+        let out = req.send().await.map_err(map_err)?;
+        Ok(out.e_tag().unwrap_or("").to_owned())
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        dst: &str,
+        meta: Option<&Metadata>,
+        src_sse_c: bool,
+    ) -> S3Result<String> {
+        let mut req = with_key!(
+            self.client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(dst)
+                .copy_source(self.copy_source(src)),
+            self.key
+        );
+        if src_sse_c {
+            req = with_source_key!(req, self.key);
+        }
+        req = match meta {
+            Some(m) => req
+                .metadata_directive(MetadataDirective::Replace)
+                .set_metadata(Some(m.clone().into_iter().collect())),
+            None => req.metadata_directive(MetadataDirective::Copy),
+        };
+        let out = req.send().await.map_err(map_err)?;
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    async fn delete(&self, key: &str) -> S3Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> S3Result<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_owned))
+            .set_continuation_token(token)
+            .set_max_keys(max_keys)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(ListPage {
+            objects: out
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    Some(ListedObject {
+                        key: o.key()?.to_owned(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag().unwrap_or("").to_owned(),
+                        last_modified: to_system_time(o.last_modified()),
+                    })
+                })
+                .collect(),
+            prefixes: out
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_owned))
+                .collect(),
+            next: if out.is_truncated() == Some(true) {
+                out.next_continuation_token().map(str::to_owned)
+            } else {
+                None
+            },
+        })
+    }
+
+    async fn create_multipart(&self, key: &str, meta: &Metadata) -> S3Result<String> {
+        let out = with_key!(
+            self.client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_metadata(Some(meta.clone().into_iter().collect())),
+            self.key
+        )
+        .send()
+        .await
+        .map_err(map_err)?;
+        out.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| S3Error::Other {
+                status: 200,
+                code: "NoUploadId".into(),
+                message: "CreateMultipartUpload returned no upload id".into(),
+            })
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> S3Result<String> {
+        let out = with_key!(
+            self.client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(body)),
+            self.key
+        )
+        .send()
+        .await
+        .map_err(map_err)?;
+        Ok(out.e_tag().unwrap_or("").to_owned())
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        src: &str,
+        range: std::ops::Range<u64>,
+        src_sse_c: bool,
+    ) -> S3Result<String> {
+        let mut req = with_key!(
+            self.client
+                .upload_part_copy()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .copy_source(self.copy_source(src))
+                .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1)),
+            self.key
+        );
+        if src_sse_c {
+            req = with_source_key!(req, self.key);
+        }
+        let out = req.send().await.map_err(map_err)?;
+        Ok(out
+            .copy_part_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> S3Result<String> {
+        let upload = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .into_iter()
+                    .map(|p| {
+                        aws_sdk_s3::types::CompletedPart::builder()
+                            .part_number(p.number)
+                            .e_tag(p.etag)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        let out = with_key!(
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .multipart_upload(upload),
+            self.key
+        )
+        .send()
+        .await
+        .map_err(map_err)?;
+        Ok(out.e_tag().unwrap_or("").to_owned())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> S3Result<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+/// How to reach the server; shared by every subcommand.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub allow_http: bool,
+    pub profile: Option<String>,
+}
+
+/// Why a connection could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "refusing plain HTTP endpoint {0}: the customer key would travel in clear text; use \
+         https, or pass --allow-http if this is a trusted loopback or test server"
+    )]
+    PlainHttp(String),
+    #[error("endpoint {0} is not an http:// or https:// URL")]
+    BadEndpoint(String),
+}
+
+/// Build an S3 client from the standard AWS chain plus our connection options.
+pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, ConnectError> {
+    let endpoint = conn
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    if let Some(ep) = &endpoint {
+        if ep.starts_with("http://") {
+            if !conn.allow_http {
+                return Err(ConnectError::PlainHttp(ep.clone()));
+            }
+        } else if !ep.starts_with("https://") {
+            return Err(ConnectError::BadEndpoint(ep.clone()));
+        }
+    }
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(p) = &conn.profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = &conn.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    let shared = loader.load().await;
+    let mut b = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(conn.path_style || endpoint.is_some())
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(300))
+                .build(),
+        );
+    if shared.region().is_none() {
+        b = b.region(aws_config::Region::new("us-east-1"));
+    }
+    if let Some(ep) = endpoint {
+        b = b.endpoint_url(ep);
+    }
+    Ok(aws_sdk_s3::Client::from_conf(b.build()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each operation's request, captured on the wire, carries the SSE-C trio (and the
+    //! copy-source trio for copies).
+    use super::*;
+    use aws_smithy_http_client::test_util::capture_request;
+
+    const ALG: &str = "x-amz-server-side-encryption-customer-algorithm";
+    const KEY: &str = "x-amz-server-side-encryption-customer-key";
+    const MD5: &str = "x-amz-server-side-encryption-customer-key-md5";
+    const SRC_ALG: &str = "x-amz-copy-source-server-side-encryption-customer-algorithm";
+    const SRC_KEY: &str = "x-amz-copy-source-server-side-encryption-customer-key";
+    const SRC_MD5: &str = "x-amz-copy-source-server-side-encryption-customer-key-md5";
+
+    fn key() -> Arc<CustomerKey> {
+        Arc::new(CustomerKey::from_bytes(&[9u8; 32]).unwrap())
+    }
+
+    fn store(
+        k: Arc<CustomerKey>,
+    ) -> (
+        AwsStore,
+        aws_smithy_http_client::test_util::CaptureRequestReceiver,
+    ) {
+        let (http, rx) = capture_request(None);
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .http_client(http)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "AKID", "SECRET", None, None, "test",
+            ))
+            .endpoint_url("http://127.0.0.1:1")
+            .force_path_style(true)
+            .build();
+        (
+            AwsStore::new(aws_sdk_s3::Client::from_conf(conf), "b".into(), k),
+            rx,
+        )
+    }
+
+    fn assert_trio(req: &aws_smithy_runtime_api::http::Request, k: &CustomerKey, copy: bool) {
+        let h = req.headers();
+        assert_eq!(h.get(ALG), Some("AES256"), "{:?}", req.uri());
+        assert_eq!(h.get(KEY), Some(k.base64()));
+        assert_eq!(h.get(MD5), Some(k.md5_base64()));
+        if copy {
+            assert_eq!(h.get(SRC_ALG), Some("AES256"));
+            assert_eq!(h.get(SRC_KEY), Some(k.base64()));
+            assert_eq!(h.get(SRC_MD5), Some(k.md5_base64()));
+        } else {
+            assert!(h.get(SRC_KEY).is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn every_data_operation_carries_the_key() {
+        let k = key();
+        let meta = Metadata::new();
+        let mut buf = [0u8; 10];
+
+        let (s, rx) = store(k.clone());
+        let _ = s.head("a").await;
+        assert_trio(&rx.expect_request(), &k, false);
+
+        let (s, rx) = store(k.clone());
+        let _ = s.get_range("a", 5, &mut buf, None, true).await;
+        let req = rx.expect_request();
+        assert_trio(&req, &k, false);
+        assert_eq!(req.headers().get("range"), Some("bytes=5-14"));
+
+        let (s, rx) = store(k.clone());
+        let _ = s.put("a", Bytes::from_static(b"x"), &meta).await;
+        assert_trio(&rx.expect_request(), &k, false);
+
+        let (s, rx) = store(k.clone());
+        let _ = s.copy("a", "b c", Some(&meta), true).await;
+        let req = rx.expect_request();
+        assert_trio(&req, &k, true);
+        assert_eq!(req.headers().get("x-amz-copy-source"), Some("b/a"));
+        assert_eq!(
+            req.headers().get("x-amz-metadata-directive"),
+            Some("REPLACE")
+        );
+
+        let (s, rx) = store(k.clone());
+        let _ = s.create_multipart("a", &meta).await;
+        assert_trio(&rx.expect_request(), &k, false);
+
+        let (s, rx) = store(k.clone());
+        let _ = s.upload_part("a", "u", 1, Bytes::from_static(b"x")).await;
+        assert_trio(&rx.expect_request(), &k, false);
+
+        let (s, rx) = store(k.clone());
+        let _ = s
+            .upload_part_copy("a", "u", 1, "src key", 0..10, true)
+            .await;
+        let req = rx.expect_request();
+        assert_trio(&req, &k, true);
+        assert_eq!(req.headers().get("x-amz-copy-source"), Some("b/src%20key"));
+        assert_eq!(
+            req.headers().get("x-amz-copy-source-range"),
+            Some("bytes=0-9")
+        );
+
+        let (s, rx) = store(k.clone());
+        let _ = s
+            .complete_multipart(
+                "a",
+                "u",
+                vec![CompletedPart {
+                    number: 1,
+                    etag: "e".into(),
+                }],
+            )
+            .await;
+        assert_trio(&rx.expect_request(), &k, false);
+    }
+
+    #[test]
+    fn errors_classify_by_status_and_code() {
+        assert!(matches!(
+            classify(400, "".into(), "".into()),
+            S3Error::WrongKey
+        ));
+        assert!(matches!(
+            classify(404, "".into(), "".into()),
+            S3Error::NotFound
+        ));
+        assert!(matches!(
+            classify(404, "NoSuchBucket".into(), "".into()),
+            S3Error::NoSuchBucket
+        ));
+        assert!(matches!(
+            classify(403, "InvalidAccessKeyId".into(), "".into()),
+            S3Error::BadCredentials(_)
+        ));
+        assert!(matches!(
+            classify(403, "AccessDenied".into(), "".into()),
+            S3Error::AccessDenied(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn plain_http_needs_allow_http() {
+        let conn = Connection {
+            endpoint: Some("http://127.0.0.1:3900".into()),
+            ..Default::default()
+        };
+        let err = build_client(&conn).await.unwrap_err().to_string();
+        assert!(err.contains("--allow-http"), "{err}");
+    }
+}

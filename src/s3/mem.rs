@@ -1,0 +1,339 @@
+//! An in-memory [`ObjectStore`] that enforces SSE-C like Garage, for fast filesystem tests.
+//!
+//! Objects remember the fingerprint of the key they were written with; a read or copy with
+//! another key fails with `WrongKey`, as the real server does. Every call is counted per
+//! operation so tests can assert how many requests a workload costs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, S3Error, S3Result,
+};
+
+#[derive(Clone)]
+struct Obj {
+    data: Vec<u8>,
+    meta: Metadata,
+    etag: String,
+    /// fingerprint of the key, None for a plain object
+    key_fp: Option<String>,
+    modified: SystemTime,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Obj>,
+    uploads: HashMap<String, (String, Metadata, BTreeMap<i32, Vec<u8>>)>,
+    next: u64,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+/// Shared in-memory bucket. Clone to get another client on the same data.
+#[derive(Clone)]
+pub struct MemStore {
+    state: Arc<Mutex<State>>,
+    key_fp: String,
+}
+
+impl MemStore {
+    /// A new empty bucket accessed with the key of this fingerprint.
+    pub fn new(key_fp: &str) -> MemStore {
+        MemStore {
+            state: Arc::default(),
+            key_fp: key_fp.to_owned(),
+        }
+    }
+
+    /// Another client on the same bucket with another key.
+    pub fn with_key(&self, key_fp: &str) -> MemStore {
+        MemStore {
+            state: self.state.clone(),
+            key_fp: key_fp.to_owned(),
+        }
+    }
+
+    /// Requests made so far, by operation name.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.state.lock().unwrap().counts.clone()
+    }
+
+    /// Bytes uploaded by PutObject and UploadPart so far.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.counts().get("bytes_up").copied().unwrap_or(0)
+    }
+
+    /// Store a plain (non SSE-C) object, as another tool would.
+    pub fn insert_plain(&self, key: &str, data: &[u8]) {
+        let mut st = self.state.lock().unwrap();
+        st.next += 1;
+        let etag = format!("\"plain{}\"", st.next);
+        st.objects.insert(
+            key.to_owned(),
+            Obj {
+                data: data.to_vec(),
+                meta: Metadata::new(),
+                etag,
+                key_fp: None,
+                modified: SystemTime::now(),
+            },
+        );
+    }
+
+    /// Raw object bytes (test inspection).
+    pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .get(key)
+            .map(|o| o.data.clone())
+    }
+
+    fn count(st: &mut State, op: &'static str) {
+        *st.counts.entry(op).or_default() += 1;
+    }
+
+    fn check_key(&self, o: &Obj, sse_c: bool) -> S3Result<()> {
+        match (&o.key_fp, sse_c) {
+            (Some(fp), true) if *fp == self.key_fp => Ok(()),
+            (None, false) => Ok(()),
+            _ => Err(S3Error::WrongKey),
+        }
+    }
+
+    fn store(&self, st: &mut State, key: &str, data: Vec<u8>, meta: Metadata) -> String {
+        st.next += 1;
+        let etag = format!("\"e{}\"", st.next);
+        st.objects.insert(
+            key.to_owned(),
+            Obj {
+                data,
+                meta,
+                etag: etag.clone(),
+                key_fp: Some(self.key_fp.clone()),
+                modified: SystemTime::now(),
+            },
+        );
+        etag
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemStore {
+    async fn head(&self, key: &str) -> S3Result<ObjectInfo> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "head");
+        let o = st.objects.get(key).ok_or(S3Error::NotFound)?;
+        let sse_c = o.key_fp.is_some();
+        self.check_key(o, sse_c)?;
+        Ok(ObjectInfo {
+            size: o.data.len() as u64,
+            etag: o.etag.clone(),
+            last_modified: o.modified,
+            metadata: o.meta.clone(),
+            sse_c,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        buf: &mut [u8],
+        etag: Option<&str>,
+        sse_c: bool,
+    ) -> S3Result<usize> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "get");
+        let o = st.objects.get(key).ok_or(S3Error::NotFound)?;
+        self.check_key(o, sse_c)?;
+        if etag.is_some_and(|e| e != o.etag) {
+            return Err(S3Error::PreconditionFailed);
+        }
+        let start = (offset as usize).min(o.data.len());
+        let end = (start + buf.len()).min(o.data.len());
+        buf[..end - start].copy_from_slice(&o.data[start..end]);
+        let n = end - start;
+        *st.counts.entry("bytes_down").or_default() += n as u64;
+        Ok(n)
+    }
+
+    async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "put");
+        *st.counts.entry("bytes_up").or_default() += body.len() as u64;
+        Ok(self.store(&mut st, key, body.to_vec(), meta.clone()))
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        dst: &str,
+        meta: Option<&Metadata>,
+        src_sse_c: bool,
+    ) -> S3Result<String> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "copy");
+        let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
+        self.check_key(&o, src_sse_c)?;
+        let meta = meta.cloned().unwrap_or(o.meta);
+        Ok(self.store(&mut st, dst, o.data, meta))
+    }
+
+    async fn delete(&self, key: &str) -> S3Result<()> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "delete");
+        st.objects.remove(key);
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> S3Result<ListPage> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "list");
+        let max = max_keys.unwrap_or(1000).max(1) as usize;
+        let mut page = ListPage::default();
+        let mut seen_prefixes = std::collections::BTreeSet::new();
+        let after = token.unwrap_or_default();
+        let mut n = 0;
+        for (k, o) in st.objects.range(prefix.to_owned()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let entry_name = match delimiter.and_then(|d| rest.find(d).map(|i| (i, d))) {
+                Some((i, d)) => format!("{prefix}{}{d}", &rest[..i]),
+                None => k.clone(),
+            };
+            if entry_name.as_str() <= after.as_str() && !after.is_empty() {
+                continue;
+            }
+            if entry_name != *k {
+                if seen_prefixes.insert(entry_name.clone()) {
+                    if n == max {
+                        page.next = Some(page_last(&page));
+                        break;
+                    }
+                    page.prefixes.push(entry_name);
+                    n += 1;
+                }
+                continue;
+            }
+            if n == max {
+                page.next = Some(page_last(&page));
+                break;
+            }
+            page.objects.push(ListedObject {
+                key: k.clone(),
+                size: o.data.len() as u64,
+                etag: o.etag.clone(),
+                last_modified: o.modified,
+            });
+            n += 1;
+        }
+        Ok(page)
+    }
+
+    async fn create_multipart(&self, key: &str, meta: &Metadata) -> S3Result<String> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "create_multipart");
+        st.next += 1;
+        let id = format!("upload{}", st.next);
+        st.uploads
+            .insert(id.clone(), (key.to_owned(), meta.clone(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> S3Result<String> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "upload_part");
+        *st.counts.entry("bytes_up").or_default() += body.len() as u64;
+        let up = st.uploads.get_mut(upload_id).ok_or(S3Error::NotFound)?;
+        up.2.insert(number, body.to_vec());
+        Ok(format!("\"p{number}\""))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: i32,
+        src: &str,
+        range: std::ops::Range<u64>,
+        src_sse_c: bool,
+    ) -> S3Result<String> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "upload_part_copy");
+        let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
+        self.check_key(&o, src_sse_c)?;
+        let data = o
+            .data
+            .get(range.start as usize..range.end as usize)
+            .ok_or(S3Error::Other {
+                status: 416,
+                code: "InvalidRange".into(),
+                message: String::new(),
+            })?
+            .to_vec();
+        let up = st.uploads.get_mut(upload_id).ok_or(S3Error::NotFound)?;
+        up.2.insert(number, data);
+        Ok(format!("\"c{number}\""))
+    }
+
+    async fn complete_multipart(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> S3Result<String> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "complete_multipart");
+        let (key, meta, stored) = st.uploads.remove(upload_id).ok_or(S3Error::NotFound)?;
+        let mut data = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let part = stored.get(&p.number).ok_or(S3Error::Other {
+                status: 400,
+                code: "InvalidPart".into(),
+                message: format!("part {}", p.number),
+            })?;
+            if i + 1 < parts.len() && (part.len() as u64) < super::MIN_PART {
+                return Err(S3Error::Other {
+                    status: 400,
+                    code: "EntityTooSmall".into(),
+                    message: format!("part {} is {} bytes", p.number, part.len()),
+                });
+            }
+            data.extend_from_slice(part);
+        }
+        Ok(self.store(&mut st, &key, data, meta))
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> S3Result<()> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "abort_multipart");
+        st.uploads.remove(upload_id);
+        Ok(())
+    }
+}
+
+fn page_last(page: &ListPage) -> String {
+    let o = page.objects.last().map(|o| o.key.clone());
+    let p = page.prefixes.last().cloned();
+    o.max(p).unwrap_or_default()
+}

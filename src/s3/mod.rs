@@ -1,0 +1,222 @@
+//! Object storage: the one seam between the filesystem and S3.
+//!
+//! [`ObjectStore`] is what the filesystem sees: plain operations on keys, with the customer key
+//! already bound in. [`aws::AwsStore`] is the only place that builds S3 requests, so the SSE-C
+//! headers cannot be forgotten on one path and not another; [`mem::MemStore`] is an in-memory
+//! store that enforces SSE-C the way Garage does, for fast tests of the filesystem logic.
+//!
+//! Request bodies are [`bytes::Bytes`] built over locked buffers (`Bytes::from_owner`), so
+//! plaintext handed to the HTTP stack still lives in the arena; response bodies are copied
+//! straight into caller-provided locked buffers.
+
+pub mod aws;
+pub mod mem;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// User metadata (`x-amz-meta-*` without the prefix, lower case).
+pub type Metadata = BTreeMap<String, String>;
+
+/// What HEAD tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub metadata: Metadata,
+    /// The object was stored with SSE-C (false: a plain object another tool uploaded).
+    pub sse_c: bool,
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: SystemTime,
+}
+
+/// One page of ListObjectsV2.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ListedObject>,
+    pub prefixes: Vec<String>,
+    pub next: Option<String>,
+}
+
+/// A part of a completed multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub number: i32,
+    pub etag: String,
+}
+
+/// Errors of the object layer, kept apart so the filesystem can map each to its errno.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum S3Error {
+    #[error("no such object")]
+    NotFound,
+    #[error("no such bucket")]
+    NoSuchBucket,
+    /// 400 on a keyed request: the object needs another key (or none). Garage answers 400 for a
+    /// wrong key; AWS answers 403, which arrives as `AccessDenied` on HEAD/GET of an object.
+    #[error("the customer key does not open this object (wrong key, or the object is not SSE-C)")]
+    WrongKey,
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    #[error("the object changed while it was read (ETag mismatch)")]
+    PreconditionFailed,
+    #[error("invalid credentials: {0}")]
+    BadCredentials(String),
+    #[error("cannot reach the endpoint: {0}")]
+    Transport(String),
+    #[error("S3 error {status} {code}: {message}")]
+    Other {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl S3Error {
+    /// Worth retrying (transient network trouble or a 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            S3Error::Transport(_) => true,
+            S3Error::Other { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+pub type S3Result<T> = Result<T, S3Error>;
+
+/// Everything the filesystem needs from S3, with the customer key bound in.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// HEAD with the key. A 400 answer means the key does not open the object; the store then
+    /// retries without key headers to tell a plain object (`sse_c == false`) from a wrong key.
+    async fn head(&self, key: &str) -> S3Result<ObjectInfo>;
+
+    /// Ranged GET with the key, written into `buf` (whose length is the range length). When
+    /// `etag` is given the read fails with `PreconditionFailed` if the object changed. Returns
+    /// the bytes written (short at end of object). `sse_c == false` reads a plain object.
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        buf: &mut [u8],
+        etag: Option<&str>,
+        sse_c: bool,
+    ) -> S3Result<usize>;
+
+    /// PutObject with the key and metadata; returns the new ETag.
+    async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String>;
+
+    /// CopyObject `src` → `dst` with both key trios. `meta` given: replace metadata (the way
+    /// chmod/utimens work); `None`: keep the source's. Sources up to 5 GiB.
+    async fn copy(
+        &self,
+        src: &str,
+        dst: &str,
+        meta: Option<&Metadata>,
+        src_sse_c: bool,
+    ) -> S3Result<String>;
+
+    async fn delete(&self, key: &str) -> S3Result<()>;
+
+    /// ListObjectsV2 page (no key needed).
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> S3Result<ListPage>;
+
+    async fn create_multipart(&self, key: &str, meta: &Metadata) -> S3Result<String>;
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> S3Result<String>;
+
+    /// UploadPartCopy of `src[start..end)` with both key trios.
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        src: &str,
+        range: std::ops::Range<u64>,
+        src_sse_c: bool,
+    ) -> S3Result<String>;
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> S3Result<String>;
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> S3Result<()>;
+}
+
+/// Objects above this size cannot be the source of one CopyObject: use UploadPartCopy.
+pub const MAX_COPY_OBJECT: u64 = 5 << 30;
+/// Smallest multipart part except the last.
+pub const MIN_PART: u64 = 5 << 20;
+/// Most parts an upload may have.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// Copy `src` to `dst` whatever its size: CopyObject up to 5 GiB, multipart UploadPartCopy
+/// above. Both paths carry both key trios.
+pub async fn copy_any_size(
+    store: &dyn ObjectStore,
+    src: &str,
+    dst: &str,
+    size: u64,
+    meta: &Metadata,
+    replace_meta: bool,
+    src_sse_c: bool,
+    part_size: u64,
+) -> S3Result<String> {
+    if size <= MAX_COPY_OBJECT {
+        return store
+            .copy(src, dst, replace_meta.then_some(meta), src_sse_c)
+            .await;
+    }
+    let part = part_size.max(size.div_ceil(MAX_PARTS)).max(MIN_PART);
+    let upload_id = store.create_multipart(dst, meta).await?;
+    let mut parts = Vec::new();
+    let result: S3Result<()> = async {
+        let mut start = 0;
+        let mut number = 1;
+        while start < size {
+            let end = (start + part).min(size);
+            let etag = store
+                .upload_part_copy(dst, &upload_id, number, src, start..end, src_sse_c)
+                .await?;
+            parts.push(CompletedPart { number, etag });
+            start = end;
+            number += 1;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => store.complete_multipart(dst, &upload_id, parts).await,
+        Err(e) => {
+            let _ = store.abort_multipart(dst, &upload_id).await;
+            Err(e)
+        }
+    }
+}
