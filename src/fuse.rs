@@ -389,6 +389,23 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    // Extended attributes are not stored (S3 metadata is plaintext at the provider): answer
+    // ENOSYS once, quietly, and the kernel stops asking.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
         reply.statfs(

@@ -344,7 +344,7 @@ fn mount(m: MountArgs) -> Result<(), String> {
     let prep = prepare(&m)?;
     if m.foreground {
         init_logging(&m.log_level, m.log_file.as_deref());
-        return serve(&m, &prep, None);
+        return serve(&m, &prep, &mut None);
     }
     // Detach: fork now (no threads yet), the child reports readiness through a pipe.
     let mut fds = [0; 2];
@@ -364,10 +364,12 @@ fn mount(m: MountArgs) -> Result<(), String> {
             unsafe { libc::setsid() };
             redirect_stdio();
             init_logging(&m.log_level, m.log_file.as_deref());
-            let mut pipe = std::fs::File::from(write_end);
-            let result = serve(&m, &prep, Some(&mut pipe));
+            let mut pipe = Some(std::fs::File::from(write_end));
+            let result = serve(&m, &prep, &mut pipe);
             if let Err(e) = &result {
-                let _ = writeln!(pipe, "ERR {e}");
+                if let Some(p) = pipe.as_mut() {
+                    let _ = writeln!(p, "ERR {e}");
+                }
                 tracing::error!("{e}");
             }
             std::process::exit(if result.is_ok() { 0 } else { 1 });
@@ -403,8 +405,8 @@ fn redirect_stdio() {
     }
 }
 
-/// Mount and serve until unmounted; `ready` hears "OK" once the mount is live.
-fn serve(m: &MountArgs, prep: &Prepared, ready: Option<&mut std::fs::File>) -> Result<(), String> {
+/// Mount and serve until unmounted; `ready` hears "OK" (and is closed) once the mount is live.
+fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
     let key = load_key(&m.conn)?;
     let arena = Arena::new(prep.cache_size as usize, prep.shrink).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -470,7 +472,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: Option<&mut std::fs::File>) -> R
     let mut session = fuser::Session::new(adapter, &m.mountpoint, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", m.mountpoint.display()))?;
     tracing::info!(source = %m.source, mountpoint = %m.mountpoint.display(), "mounted");
-    if let Some(pipe) = ready {
+    if let Some(mut pipe) = ready.take() {
         let _ = writeln!(pipe, "OK");
     }
     // SIGTERM / SIGINT: upload everything pending, then unmount (which ends the session).

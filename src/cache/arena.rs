@@ -166,7 +166,7 @@ impl Arena {
         // The key and small bookkeeping buffers also need locked memory: keep 1 MiB headroom.
         let needed = (cap + (1 << 20)) as u64;
         let limit = raise_memlock_limit(needed);
-        let cap = if limit < needed {
+        let cap = if limit < needed && !has_cap_ipc_lock() {
             if shrink_to_limit && limit > (2 << 20) {
                 round_len((limit - (1 << 20)) as usize) - UNIT
             } else {
@@ -316,6 +316,19 @@ fn raise_memlock_limit(needed: u64) -> u64 {
         return want.rlim_cur;
     }
     lim.rlim_cur
+}
+
+/// CAP_IPC_LOCK lets a process lock memory beyond RLIMIT_MEMLOCK (root in most setups).
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
 /// Make the process non-dumpable: no core files, no ptrace by other users, /proc/PID/mem closed.

@@ -29,12 +29,22 @@ pub enum FsError {
     #[error("file too large for S3 (over 10,000 parts)")]
     TooBig,
     #[error(transparent)]
-    S3(#[from] S3Error),
+    S3(S3Error),
     #[error(transparent)]
     Memory(#[from] ArenaError),
 }
 
 pub type FsResult<T> = Result<T, FsError>;
+
+impl From<S3Error> for FsError {
+    /// A missing object is a missing file: one variant, so callers match one thing.
+    fn from(e: S3Error) -> FsError {
+        match e {
+            S3Error::NotFound => FsError::NotFound,
+            other => FsError::S3(other),
+        }
+    }
+}
 
 impl FsError {
     /// The errno the kernel (and the application) sees.

@@ -1,1 +1,185 @@
 //! Filesystem tests against the in-memory store (no FUSE, no server).
+
+use super::*;
+use crate::s3::mem::MemStore;
+
+fn fs_on(mem: &MemStore) -> Fs {
+    let mut cfg = FsConfig::new("", 1000, 1000);
+    cfg.upload.part_size = 5 << 20;
+    Fs::new(
+        cfg,
+        Arc::new(mem.clone()),
+        Arena::with_cap_unchecked(128 << 20),
+    )
+}
+
+async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
+    let (ino, _, fh) = fs.create(parent, name, 0o644, 1000, 1000).await.unwrap();
+    fs.write(ino, 0, data).await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    ino
+}
+
+async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino, false, false).await.unwrap();
+    let size = fs.getattr(ino).await.unwrap().size;
+    let buf = fs.read(ino, fh, 0, size as u32 + 10).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    buf.to_vec()
+}
+
+#[tokio::test]
+async fn rsync_pattern_costs_four_requests_per_file() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let (dir, _) = fs.mkdir(ROOT, "dst", 0o755, 1000, 1000).await.unwrap();
+    let before = mem.counts();
+    // rsync: lookup final + temp name, create temp, write, close, utimens, rename
+    assert!(matches!(fs.lookup(dir, "f").await, Err(FsError::NotFound)));
+    assert!(matches!(
+        fs.lookup(dir, ".f.XXXX").await,
+        Err(FsError::NotFound)
+    ));
+    let ino = write_file(&fs, dir, ".f.XXXX", b"content").await;
+    fs.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    fs.rename(dir, ".f.XXXX", dir, "f", false).await.unwrap();
+    let after = mem.counts();
+    let spent: u64 = after
+        .iter()
+        .map(|(k, v)| v - before.get(k).unwrap_or(&0))
+        .sum::<u64>()
+        - (after.get("bytes_up").unwrap_or(&0) - before.get("bytes_up").unwrap_or(&0));
+    // PUT + COPY (utimens) + COPY + DELETE (rename); no HEAD or LIST: the directory is new.
+    assert_eq!(spent, 4, "{after:?}");
+    let meta = mem.head("dst/f").await.unwrap().metadata;
+    assert_eq!(meta["mtime"], "1600000000");
+    assert!(mem.raw("dst/.f.XXXX").is_none());
+}
+
+#[tokio::test]
+async fn files_dirs_and_renames() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let (d, _) = fs.mkdir(ROOT, "d", 0o750, 1000, 1000).await.unwrap();
+    let (sub, _) = fs.mkdir(d, "sub", 0o755, 1000, 1000).await.unwrap();
+    write_file(&fs, sub, "x", b"xx").await;
+    write_file(&fs, d, "y", b"yyy").await;
+    assert!(matches!(fs.rmdir(ROOT, "d").await, Err(FsError::NotEmpty)));
+    fs.rename(ROOT, "d", ROOT, "e", false).await.unwrap();
+    assert_eq!(mem.raw("e/sub/x").unwrap(), b"xx");
+    assert_eq!(mem.raw("e/y").unwrap(), b"yyy");
+    assert!(mem.raw("d/y").is_none() && mem.raw("d/").is_none());
+    // a fresh mount sees the same tree
+    let fs2 = fs_on(&mem);
+    let (e, attr) = fs2.lookup(ROOT, "e").await.unwrap();
+    assert_eq!((attr.kind, attr.perm), (Kind::Dir, 0o750));
+    let (sub2, _) = fs2.lookup(e, "sub").await.unwrap();
+    let (x, _) = fs2.lookup(sub2, "x").await.unwrap();
+    assert_eq!(read_all(&fs2, x).await, b"xx");
+    let fh = fs2.opendir(e).await.unwrap();
+    let names: Vec<String> = fs2
+        .readdir(fh, 0)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.name)
+        .collect();
+    assert_eq!(names, vec![".", "..", "sub", "y"]);
+    fs2.unlink(e, "y").await.unwrap();
+    fs2.unlink(sub2, "x").await.unwrap();
+    fs2.rmdir(e, "sub").await.unwrap();
+    fs2.rmdir(ROOT, "e").await.unwrap();
+    assert!(mem.counts().get("put").is_some());
+    assert!(matches!(
+        fs2.lookup(ROOT, "e").await,
+        Err(FsError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn wrong_key_is_eacces_and_plain_objects_read() {
+    let mem = MemStore::new("k1");
+    let fs = fs_on(&mem);
+    write_file(&fs, ROOT, "secret", b"s").await;
+    mem.insert_plain("plain", b"hello");
+    let other = fs_on(&mem.with_key("k2"));
+    let err = other.lookup(ROOT, "secret").await.unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES);
+    let (p, _) = other.lookup(ROOT, "plain").await.unwrap();
+    assert_eq!(read_all(&other, p).await, b"hello");
+}
+
+#[tokio::test]
+async fn invalid_names_are_skipped_and_long_names_refused() {
+    let mem = MemStore::new("k");
+    mem.insert_plain("a//b", b"");
+    mem.insert_plain("ok", b"");
+    mem.insert_plain(&"n".repeat(300), b"");
+    let fs = fs_on(&mem);
+    let fh = fs.opendir(ROOT).await.unwrap();
+    let names: Vec<String> = fs
+        .readdir(fh, 0)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.name)
+        .collect();
+    assert_eq!(names, vec![".", "..", "a", "ok"]);
+    let err = fs.lookup(ROOT, &"n".repeat(256)).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+}
+
+#[tokio::test]
+async fn chmod_on_clean_file_is_one_copy_and_persists() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let ino = write_file(&fs, ROOT, "f", b"data").await;
+    let copies = mem.counts().get("copy").copied().unwrap_or(0);
+    fs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(mem.counts()["copy"], copies + 1);
+    let fs2 = fs_on(&mem);
+    let (_, attr) = fs2.lookup(ROOT, "f").await.unwrap();
+    assert_eq!(attr.perm, 0o600);
+}
+
+#[tokio::test]
+async fn truncate_without_handle_is_durable() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let ino = write_file(&fs, ROOT, "f", b"0123456789").await;
+    fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(4),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(mem.raw("f").unwrap(), b"0123");
+    fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(6),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(mem.raw("f").unwrap(), b"0123\0\0");
+}
