@@ -87,6 +87,15 @@ pub struct MountArgs {
     /// Seconds to trust attributes and listings fetched from the server.
     #[arg(long, default_value_t = 30)]
     pub attr_ttl: u64,
+    /// Opt-in write-back: close() returns at once and the upload starts 100 ms later (so
+    /// rsync's utimens/rename fold into one upload). Crash window: data closed in the last
+    /// moments, at most --write-back-max bytes. fsync, unmount and SIGTERM wait for it all.
+    #[arg(long)]
+    pub write_back: bool,
+    /// Most closed-but-not-uploaded bytes in write-back mode (writers wait beyond it);
+    /// default: half of --cache-size.
+    #[arg(long, value_name = "SIZE")]
+    pub write_back_max: Option<String>,
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,

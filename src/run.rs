@@ -278,6 +278,7 @@ struct Prepared {
     shrink: bool,
     part_size: u64,
     umask: u32,
+    write_back_max: Option<u64>,
 }
 
 fn prepare(m: &MountArgs) -> Result<Prepared, String> {
@@ -330,6 +331,19 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
             .map_err(|_| format!("--umask {u}: expected octal like 022"))?,
         None => 0o022,
     };
+    let write_back_max = match &m.write_back_max {
+        Some(v) => {
+            let n = cli::parse_size(v).map_err(|e| format!("--write-back-max: {e}"))?;
+            if n > cache_size {
+                return Err(format!(
+                    "--write-back-max {v} is larger than --cache-size {}",
+                    m.cache_size
+                ));
+            }
+            Some(n)
+        }
+        None => None,
+    };
     Ok(Prepared {
         bucket,
         prefix,
@@ -337,6 +351,7 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
         shrink,
         part_size,
         umask,
+        write_back_max,
     })
 }
 
@@ -435,7 +450,14 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     };
     cfg.read_cache = arena.cap() as u64 / 2;
     cfg.max_readahead = (arena.cap() as u64 / 8).clamp(4 << 20, 64 << 20);
-    let fs = Arc::new(Fs::new(cfg, store as Arc<dyn ObjectStore>, arena));
+    if m.write_back {
+        cfg.write_back = Some(crate::fs::WriteBack {
+            delay: Duration::from_millis(100),
+            max_pending: prep.write_back_max.unwrap_or(arena.cap() as u64 / 2),
+            concurrency: 32,
+        });
+    }
+    let fs = Fs::new(cfg, store as Arc<dyn ObjectStore>, arena);
 
     let mut options = vec![
         fuser::MountOption::FSName(format!("ssecfs:{}", m.source)),

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::cache::arena::{Arena, LockedBuf};
@@ -47,6 +48,21 @@ pub struct FsConfig {
     pub read_cache: u64,
     /// Most bytes read ahead of a sequential reader.
     pub max_readahead: u64,
+    /// Opt-in write-back: `close()` returns at once and the upload starts after a short
+    /// delay; `None` is the durable-on-close default.
+    pub write_back: Option<WriteBack>,
+}
+
+/// Write-back settings (`--write-back`).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteBack {
+    /// Wait this long after the last close before uploading, so the utimens/chmod/rename
+    /// that follow a close (rsync) fold into one upload under the final name.
+    pub delay: Duration,
+    /// Most bytes of closed-but-not-uploaded data; writers wait while it is exceeded.
+    pub max_pending: u64,
+    /// Uploads of different files in flight at once.
+    pub concurrency: usize,
 }
 
 impl FsConfig {
@@ -71,6 +87,7 @@ impl FsConfig {
             read_only: false,
             read_cache: 64 << 20,
             max_readahead: 32 << 20,
+            write_back: None,
         }
     }
 }
@@ -130,6 +147,13 @@ pub struct Fs {
     heads: Mutex<HashMap<String, (Instant, HeadCell)>>,
     prefetch_slots: Arc<Semaphore>,
     warned: Mutex<HashSet<String>>,
+    /// Write-back state: files waiting for their delayed upload, failures to report.
+    pending: Mutex<HashSet<u64>>,
+    pending_bytes: AtomicU64,
+    pending_drained: tokio::sync::Notify,
+    failed_uploads: Mutex<HashMap<u64, FsError>>,
+    write_back_slots: Arc<Semaphore>,
+    me: std::sync::Weak<Fs>,
 }
 
 /// Longest file name POSIX tools expect.
@@ -152,7 +176,7 @@ fn valid_listed_name(name: &str) -> bool {
 
 impl Fs {
     /// A filesystem over `store`, with plaintext buffers from `arena`.
-    pub fn new(cfg: FsConfig, store: Arc<dyn ObjectStore>, arena: Arena) -> Fs {
+    pub fn new(cfg: FsConfig, store: Arc<dyn ObjectStore>, arena: Arena) -> Arc<Fs> {
         let cache = Arc::new(BlockCache::new(
             store.clone(),
             arena.clone(),
@@ -165,7 +189,16 @@ impl Fs {
             cfg.defaults.gid,
         );
         root.mtime = SystemTime::now();
-        Fs {
+        let write_back_slots = Arc::new(Semaphore::new(
+            cfg.write_back.map_or(1, |w| w.concurrency.max(1)),
+        ));
+        Arc::new_cyclic(|me| Fs {
+            pending: Mutex::default(),
+            pending_bytes: AtomicU64::new(0),
+            pending_drained: tokio::sync::Notify::new(),
+            failed_uploads: Mutex::default(),
+            write_back_slots,
+            me: me.clone(),
             wctx: Arc::new(WriteContext {
                 store: store.clone(),
                 arena,
@@ -182,7 +215,7 @@ impl Fs {
             prefetch_slots: Arc::new(Semaphore::new(32)),
             warned: Mutex::default(),
             cfg,
-        }
+        })
     }
 
     /// The configuration in force.
@@ -714,6 +747,16 @@ impl Fs {
     /// Write `data` at `offset`.
     pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.writable()?;
+        if let Some(wb) = self.cfg.write_back {
+            // Bounded crash window: wait while too much closed data awaits upload.
+            while self.pending_bytes.load(Ordering::Acquire) > wb.max_pending {
+                let drained = self.pending_drained.notified();
+                if self.pending_bytes.load(Ordering::Acquire) <= wb.max_pending {
+                    break;
+                }
+                drained.await;
+            }
+        }
         let file = self.dirty_file(ino).await?;
         let target = self.target(ino)?;
         let mut f = file.lock().await;
@@ -727,14 +770,81 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
-    /// `close()` of one descriptor: make the file durable and report the outcome.
+    /// `close()` of one descriptor: make the file durable and report the outcome (default),
+    /// or schedule its upload (write-back), reporting an earlier upload's failure.
     pub async fn flush(&self, ino: u64) -> FsResult<()> {
+        self.close_ino(ino).await
+    }
+
+    /// `fsync()`: upload now and wait, in both modes.
+    pub async fn fsync(&self, ino: u64) -> FsResult<()> {
+        if let Some(e) = self.failed_uploads.lock().unwrap().remove(&ino) {
+            tracing::warn!(ino, error = %e, "reporting an earlier failed upload");
+        }
         self.flush_ino(ino).await
     }
 
-    /// `fsync()`: same as flush (there is no weaker durable point on S3).
-    pub async fn fsync(&self, ino: u64) -> FsResult<()> {
-        self.flush_ino(ino).await
+    async fn close_ino(&self, ino: u64) -> FsResult<()> {
+        if let Some(e) = self.failed_uploads.lock().unwrap().remove(&ino) {
+            // The data is still in memory: try once more now, report the failure if it stays.
+            self.flush_ino(ino).await.map_err(|_| e)?;
+        }
+        match self.cfg.write_back {
+            None => self.flush_ino(ino).await,
+            Some(wb) => {
+                self.schedule_upload(ino, wb).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Write-back: upload `ino` after the delay, unless already scheduled.
+    async fn schedule_upload(&self, ino: u64, wb: WriteBack) {
+        let Some(file) = self.files.lock().unwrap().get(&ino).cloned() else {
+            return;
+        };
+        let bytes = {
+            let f = file.lock().await;
+            if !f.is_dirty() {
+                return;
+            }
+            f.buffered_bytes() as u64
+        };
+        if !self.pending.lock().unwrap().insert(ino) {
+            return;
+        }
+        self.pending_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let Some(me) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            tokio::time::sleep(wb.delay).await;
+            let slot = me.write_back_slots.clone().acquire_owned().await;
+            me.pending.lock().unwrap().remove(&ino);
+            let result = me.flush_ino(ino).await;
+            drop(slot);
+            me.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            me.pending_drained.notify_waiters();
+            match result {
+                Ok(()) => me.drop_if_closed(ino),
+                Err(e) => {
+                    tracing::error!(ino, error = %e, "write-back upload failed; the data stays in memory and the failure is reported on the next close, fsync or unmount");
+                    me.failed_uploads.lock().unwrap().insert(ino, e);
+                }
+            }
+        });
+    }
+
+    /// Free a file's memory once it is clean and no handle is open.
+    fn drop_if_closed(&self, ino: u64) {
+        let open = self.table.lock().unwrap().get(ino).map_or(0, |n| n.open);
+        if open > 0 {
+            return;
+        }
+        let mut files = self.files.lock().unwrap();
+        if let Some(f) = files.get(&ino) {
+            if f.try_lock().is_ok_and(|f| !f.is_dirty()) {
+                files.remove(&ino);
+            }
+        }
     }
 
     /// Last close of a handle: upload anything left and free the file's memory.
@@ -753,9 +863,9 @@ impl Fs {
         if !last {
             return Ok(());
         }
-        let result = self.flush_ino(ino).await;
+        let result = self.close_ino(ino).await;
         if result.is_ok() {
-            self.files.lock().unwrap().remove(&ino);
+            self.drop_if_closed(ino);
         }
         result
     }
@@ -1004,8 +1114,8 @@ impl Fs {
                 f.mark_dirty();
                 drop(f);
                 if node.open == 0 {
-                    self.flush_ino(ino).await?;
-                    self.files.lock().unwrap().remove(&ino);
+                    self.close_ino(ino).await?;
+                    self.drop_if_closed(ino);
                 }
                 return Ok(attr);
             }
@@ -1449,17 +1559,23 @@ impl Fs {
         }
     }
 
-    /// Upload every changed file (unmount, SIGTERM). Returns how many failed.
+    /// Upload every changed file (unmount, SIGTERM), write-back ones included, many at once.
+    /// Returns how many failed.
     pub async fn flush_all(&self) -> usize {
         let inos: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
-        let mut failed = 0;
-        for ino in inos {
-            if let Err(e) = self.flush_ino(ino).await {
+        let results = futures::stream::iter(inos.into_iter().map(|ino| async move {
+            let r = self.flush_ino(ino).await;
+            if let Err(e) = &r {
                 tracing::error!(ino, error = %e, "could not upload a file at unmount");
-                failed += 1;
+            } else {
+                self.failed_uploads.lock().unwrap().remove(&ino);
             }
-        }
-        failed
+            r.is_err()
+        }))
+        .buffer_unordered(16)
+        .collect::<Vec<bool>>()
+        .await;
+        results.into_iter().filter(|&failed| failed).count()
     }
 }
 

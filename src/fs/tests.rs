@@ -3,7 +3,7 @@
 use super::*;
 use crate::s3::mem::MemStore;
 
-fn fs_on(mem: &MemStore) -> Fs {
+fn fs_on(mem: &MemStore) -> Arc<Fs> {
     let mut cfg = FsConfig::new("", 1000, 1000);
     cfg.upload.part_size = 5 << 20;
     Fs::new(
@@ -182,4 +182,78 @@ async fn truncate_without_handle_is_durable() {
     .await
     .unwrap();
     assert_eq!(mem.raw("f").unwrap(), b"0123\0\0");
+}
+
+#[tokio::test]
+async fn write_back_folds_rsync_pattern_into_one_put() {
+    let mem = MemStore::new("k");
+    let mut cfg = FsConfig::new("", 1000, 1000);
+    cfg.write_back = Some(WriteBack {
+        delay: Duration::from_millis(50),
+        max_pending: 16 << 20,
+        concurrency: 4,
+    });
+    let fs = Fs::new(
+        cfg,
+        Arc::new(mem.clone()),
+        Arena::with_cap_unchecked(64 << 20),
+    );
+    let (dir, _) = fs.mkdir(ROOT, "dst", 0o755, 1000, 1000).await.unwrap();
+    for i in 0..20 {
+        let tmp = format!(".f{i}.XXXX");
+        let ino = write_file(&fs, dir, &tmp, format!("content {i}").as_bytes()).await;
+        fs.setattr(
+            ino,
+            SetAttr {
+                mtime: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        fs.rename(dir, &tmp, dir, &format!("f{i}"), false)
+            .await
+            .unwrap();
+    }
+    assert!(
+        mem.raw("dst/f0").is_none(),
+        "close returned before the upload"
+    );
+    assert_eq!(fs.flush_all().await, 0);
+    let c = mem.counts();
+    assert_eq!(
+        c.get("put").copied().unwrap_or(0),
+        21,
+        "one PUT per file plus the mkdir: {c:?}"
+    );
+    assert_eq!(c.get("copy").copied().unwrap_or(0), 0, "{c:?}");
+    assert_eq!(mem.raw("dst/f7").unwrap(), b"content 7");
+    assert_eq!(
+        mem.head("dst/f7").await.unwrap().metadata["mtime"],
+        "1600000000"
+    );
+}
+
+#[tokio::test]
+async fn write_back_upload_happens_after_the_delay() {
+    let mem = MemStore::new("k");
+    let mut cfg = FsConfig::new("", 1000, 1000);
+    cfg.write_back = Some(WriteBack {
+        delay: Duration::from_millis(20),
+        max_pending: 1 << 20,
+        concurrency: 2,
+    });
+    let fs = Fs::new(
+        cfg,
+        Arc::new(mem.clone()),
+        Arena::with_cap_unchecked(64 << 20),
+    );
+    write_file(&fs, ROOT, "a", b"abc").await;
+    for _ in 0..100 {
+        if mem.raw("a").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(mem.raw("a").unwrap(), b"abc");
 }
