@@ -6,7 +6,7 @@
 //! understood or, where they belong to mount(8) itself, accepted and ignored.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -219,6 +219,16 @@ pub fn parse_size(s: &str) -> Result<u64, CliError> {
 /// flags found in `-o`.
 pub fn expand_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String>), CliError> {
     let mut args = args;
+    // Called as /sbin/mount.ssecfs by mount(8): `mount.ssecfs SPEC DIR [-sfnv] [-o OPTS]`.
+    // -s (sloppy), -n (no mtab), -v (verbose) mean nothing to us; -f (fake) must not be read
+    // as --foreground.
+    let as_helper = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n.to_string_lossy().starts_with("mount."));
+    if as_helper {
+        args.retain(|a| !matches!(a.to_str(), Some("-s" | "-n" | "-v" | "-f" | "-sn" | "-nv")));
+    }
     let subcommands = [
         "mount",
         "keygen",
@@ -353,6 +363,26 @@ mod tests {
         assert!(err.contains("unknown mount option `frobnicate`"), "{err}");
         let err = parse(&["ssecfs", "b", "/m", "-o", "key_file"]).unwrap_err();
         assert!(err.contains("needs a value"), "{err}");
+    }
+
+    #[test]
+    fn called_as_mount_helper() {
+        let (args, _) = expand_args(
+            [
+                "/sbin/mount.ssecfs",
+                "b",
+                "/m",
+                "-n",
+                "-o",
+                "key_file=/k,rw",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect(),
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert!(matches!(cli.command, Command::Mount(m) if !m.foreground));
     }
 
     #[test]

@@ -75,26 +75,70 @@ fn keygen(path: &Path) -> ExitCode {
     }
 }
 
-fn init_logging(level: &str, file: Option<&Path>) {
+/// Where logs go: a file when asked, syslog/journald when detached, else stderr.
+enum LogTarget<'a> {
+    File(&'a Path),
+    Syslog,
+    Stderr,
+}
+
+fn init_logging(level: &str, target: LogTarget) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SSECFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ssecfs={level},warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
-    let result = match file.and_then(|p| {
-        std::fs::OpenOptions::new()
+    let file = match target {
+        LogTarget::File(p) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
-            .ok()
-    }) {
-        Some(f) => builder
+            .ok(),
+        _ => None,
+    };
+    let _ = match (file, target) {
+        (Some(f), _) => builder
             .with_ansi(false)
             .with_writer(std::sync::Mutex::new(f))
             .try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        (None, LogTarget::Syslog | LogTarget::File(_)) => {
+            // SAFETY: openlog keeps the pointer; the identifier is a 'static C string.
+            unsafe { libc::openlog(c"ssecfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            builder
+                .with_ansi(false)
+                .without_time()
+                .with_writer(|| SyslogWriter)
+                .try_init()
+        }
+        (None, LogTarget::Stderr) => builder.with_writer(std::io::stderr).try_init(),
     };
-    let _ = result;
+}
+
+/// One tracing event → one syslog line (journald picks it up on systemd machines).
+struct SyslogWriter;
+
+impl Write for SyslogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let priority = if text.contains("ERROR") {
+            libc::LOG_ERR
+        } else if text.contains("WARN") {
+            libc::LOG_WARNING
+        } else {
+            libc::LOG_INFO
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Ok(c) = std::ffi::CString::new(line.replace('\0', " ")) {
+                // SAFETY: a constant format string and one NUL-terminated argument.
+                unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn load_key(conn: &ConnectionArgs) -> Result<CustomerKey, String> {
@@ -208,7 +252,7 @@ fn store_key_fingerprint(store: &AwsStore) -> String {
 }
 
 fn check(args: CheckArgs) -> ExitCode {
-    init_logging("warn", None);
+    init_logging("warn", LogTarget::Stderr);
     let key = match load_key(&args.conn) {
         Ok(k) => k,
         Err(e) => return fail(&e),
@@ -358,7 +402,12 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
 fn mount(m: MountArgs) -> Result<(), String> {
     let prep = prepare(&m)?;
     if m.foreground {
-        init_logging(&m.log_level, m.log_file.as_deref());
+        init_logging(
+            &m.log_level,
+            m.log_file
+                .as_deref()
+                .map_or(LogTarget::Stderr, LogTarget::File),
+        );
         return serve(&m, &prep, &mut None);
     }
     // Detach: fork now (no threads yet), the child reports readiness through a pipe.
@@ -378,7 +427,12 @@ fn mount(m: MountArgs) -> Result<(), String> {
             // SAFETY: setsid has no memory effects; we are the child of a fresh fork.
             unsafe { libc::setsid() };
             redirect_stdio();
-            init_logging(&m.log_level, m.log_file.as_deref());
+            init_logging(
+                &m.log_level,
+                m.log_file
+                    .as_deref()
+                    .map_or(LogTarget::Syslog, LogTarget::File),
+            );
             let mut pipe = Some(std::fs::File::from(write_end));
             let result = serve(&m, &prep, &mut pipe);
             if let Err(e) = &result {
