@@ -85,6 +85,21 @@ enum LogTarget<'a> {
 fn init_logging(level: &str, target: LogTarget) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SSECFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ssecfs={level},warn")));
+    // At trace level the SDK's signer prints request headers (the key) and the orchestrator
+    // prints response structs (the key's MD5): cap those crates, whatever the user asked.
+    let filter = [
+        "aws_sigv4=info",
+        "aws_smithy_runtime=debug",
+        "aws_smithy_http_client=debug",
+        "hyper=debug",
+        "hyper_util=debug",
+        "h2=debug",
+        "rustls=debug",
+    ]
+    .iter()
+    .fold(filter, |f, d| {
+        f.add_directive(d.parse().expect("valid directive"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
