@@ -1,0 +1,123 @@
+//! End-to-end: large files under a small memory cap, and in-place edits of large files.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn vm_lck_kb(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmLck:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn four_gib_sequential_write_under_a_64m_cap() {
+    let bucket = TestBucket::new();
+    let m = Mount::new(
+        &bucket,
+        &[
+            "--cache-size",
+            "64M",
+            "--part-size",
+            "8M",
+            "--upload-concurrency",
+            "4",
+        ],
+    );
+    let pid = m.pid().unwrap();
+    let path = m.path("big");
+    let sampler = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let h = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(vm_lck_kb(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        (stop, h)
+    };
+    let status = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            "bs=1M",
+            "count=4096",
+            "conv=fsync",
+            "status=none",
+        ])
+        .arg(format!("of={}", path.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "dd failed");
+    sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.1.join().unwrap();
+    assert!(
+        peak <= 66 * 1024,
+        "locked memory peaked at {peak} kB over a 64M cap"
+    );
+    let h = head(bucket.name(), "big", Some(m.key())).expect("object on the server");
+    assert_eq!(h.size, 4 << 30);
+    // spot-check a few ranges through the mount
+    let f = fs::File::open(&path).unwrap();
+    for off in [0u64, (1 << 30) + 12345, (4 << 30) - 4096] {
+        let mut buf = vec![1u8; 4096];
+        let n = f.read_at(&mut buf, off).unwrap();
+        assert_eq!(n, 4096);
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+    drop(f);
+    fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn rsync_inplace_of_a_changed_large_file() {
+    let bucket = TestBucket::new();
+    let mut m = Mount::new(&bucket, &["--part-size", "5M"]);
+    let src = tempdir("e2e-inplace-");
+    let data: Vec<u8> = (0..(40u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(src.path().join("f"), &data).unwrap();
+    let out = Command::new("rsync")
+        .args(["-a"])
+        .arg(src.path().join("f"))
+        .arg(m.path("f"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // change a few bytes in the middle and at the end
+    let mut changed = data.clone();
+    changed[17 << 20] ^= 0xff;
+    changed.extend_from_slice(b"appended tail");
+    fs::write(src.path().join("f"), &changed).unwrap();
+    let out = Command::new("rsync")
+        .args(["-a", "--inplace", "--no-whole-file", "--checksum"])
+        .arg(src.path().join("f"))
+        .arg(m.path("f"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.remount();
+    let got = fs::read(m.path("f")).unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&changed));
+    assert_stored(bucket.name(), "f", m.key(), &changed);
+}
