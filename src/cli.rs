@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount BUCKET[:PREFIX] at MOUNTPOINT.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Write a new random key to PATH (mode 0600) and print its fingerprint.
     Keygen {
         /// Where to write the key (must not exist).
@@ -331,7 +331,7 @@ mod tests {
         match cli.command {
             Command::Mount(mut m) => {
                 m.kernel_flags = kernel;
-                Ok(m)
+                Ok(*m)
             }
             _ => Err("not mount".into()),
         }

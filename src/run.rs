@@ -50,7 +50,7 @@ pub fn main_entry() -> ExitCode {
         Command::Check(c) => check(c),
         Command::Mount(mut m) => {
             m.kernel_flags = kernel_flags;
-            match mount(m) {
+            match mount(*m) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(msg) => fail(&msg),
             }
@@ -83,23 +83,24 @@ enum LogTarget<'a> {
 }
 
 fn init_logging(level: &str, target: LogTarget) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SSECFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ssecfs={level},warn")));
-    // At trace level the SDK's signer prints request headers (the key) and the orchestrator
-    // prints response structs (the key's MD5): cap those crates, whatever the user asked.
-    let filter = [
-        "aws_sigv4=info",
-        "aws_smithy_runtime=debug",
-        "aws_smithy_http_client=debug",
-        "hyper=debug",
-        "hyper_util=debug",
-        "h2=debug",
-        "rustls=debug",
-    ]
-    .iter()
-    .fold(filter, |f, d| {
-        f.add_directive(d.parse().expect("valid directive"))
-    });
+    // At trace level the SDK's signer prints request headers (the key) and its orchestrator
+    // prints response structs (the key's MD5): a user filter is capped for those crates.
+    let filter = match tracing_subscriber::EnvFilter::try_from_env("SSECFS_LOG") {
+        Ok(user) => [
+            "aws_sigv4=info",
+            "aws_smithy_runtime=debug",
+            "aws_smithy_http_client=debug",
+            "hyper=debug",
+            "hyper_util=debug",
+            "h2=debug",
+            "rustls=debug",
+        ]
+        .iter()
+        .fold(user, |f, d| {
+            f.add_directive(d.parse().expect("valid directive"))
+        }),
+        Err(_) => tracing_subscriber::EnvFilter::new(format!("ssecfs={level},warn")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
@@ -373,7 +374,7 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
         ));
     }
     let part_size = cli::parse_size(&m.part_size).map_err(|e| format!("--part-size: {e}"))?;
-    if part_size < crate::s3::MIN_PART || part_size > 1 << 30 {
+    if !(crate::s3::MIN_PART..=1 << 30).contains(&part_size) {
         return Err(format!(
             "--part-size {} must be between 5M and 1G",
             m.part_size

@@ -145,7 +145,7 @@ fn random_operations_match_an_in_memory_model() {
     let seed = std::env::var("SSECFS_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x55ec_f5);
+        .unwrap_or(0x0055_ecf5);
     let steps = std::env::var("SSECFS_MODEL_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -292,7 +292,7 @@ fn raise_memlock_limit(needed: u64) -> u64 {
         return 0;
     }
     if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= needed {
-        return u64::MAX.min(lim.rlim_cur);
+        return lim.rlim_cur;
     }
     let want = libc::rlimit {
         rlim_cur: if lim.rlim_max == libc::RLIM_INFINITY || lim.rlim_max >= needed {

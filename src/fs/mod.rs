@@ -778,14 +778,16 @@ impl Fs {
 
     /// `fsync()`: upload now and wait, in both modes.
     pub async fn fsync(&self, ino: u64) -> FsResult<()> {
-        if let Some(e) = self.failed_uploads.lock().unwrap().remove(&ino) {
+        let earlier_failure = self.failed_uploads.lock().unwrap().remove(&ino);
+        if let Some(e) = earlier_failure {
             tracing::warn!(ino, error = %e, "reporting an earlier failed upload");
         }
         self.flush_ino(ino).await
     }
 
     async fn close_ino(&self, ino: u64) -> FsResult<()> {
-        if let Some(e) = self.failed_uploads.lock().unwrap().remove(&ino) {
+        let earlier_failure = self.failed_uploads.lock().unwrap().remove(&ino);
+        if let Some(e) = earlier_failure {
             // The data is still in memory: try once more now, report the failure if it stays.
             self.flush_ino(ino).await.map_err(|_| e)?;
         }
@@ -1126,6 +1128,18 @@ impl Fs {
         Ok(attr)
     }
 
+    /// The object of a file changed server-side (metadata copy, rename) while its in-memory
+    /// state is clean: base that state on the new object so later writes fetch the right one.
+    async fn rebase_clean(&self, ino: u64, obj: ObjectRef) {
+        let file = self.files.lock().unwrap().get(&ino).cloned();
+        if let Some(file) = file {
+            let mut f = file.lock().await;
+            if !f.is_dirty() {
+                *f = DirtyFile::new(Some(obj), &self.cfg.upload);
+            }
+        }
+    }
+
     /// Persist metadata of an unchanged node: CopyObject onto itself (files, symlinks) or a
     /// new marker (directories).
     async fn store_metadata(&self, ino: u64, attr: &Attr) -> FsResult<()> {
@@ -1162,6 +1176,16 @@ impl Fs {
                 .await?;
                 self.forget_head(&key);
                 self.wctx.cache.invalidate(&key);
+                self.rebase_clean(
+                    ino,
+                    ObjectRef {
+                        key: key.clone(),
+                        etag: etag.clone(),
+                        size: attr.size,
+                        sse_c: true,
+                    },
+                )
+                .await;
                 if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
                     n.etag = etag;
                     n.sse_c = true;
@@ -1433,21 +1457,17 @@ impl Fs {
             self.store.delete(&src_key).await?;
             self.wctx.cache.invalidate(&src_key);
             self.wctx.cache.invalidate(&dst_key);
-            if let Some(file) = &file {
-                // The file's base object moved with it.
-                let mut f = file.lock().await;
-                if !f.is_dirty() {
-                    *f = DirtyFile::new(
-                        Some(ObjectRef {
-                            key: dst_key.clone(),
-                            etag: etag.clone(),
-                            size: node.attr.size,
-                            sse_c: true,
-                        }),
-                        &self.cfg.upload,
-                    );
-                }
-            }
+            // The file's base object moved with it.
+            self.rebase_clean(
+                ino,
+                ObjectRef {
+                    key: dst_key.clone(),
+                    etag: etag.clone(),
+                    size: node.attr.size,
+                    sse_c: true,
+                },
+            )
+            .await;
             if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
                 n.etag = etag;
                 n.sse_c = true;

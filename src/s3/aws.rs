@@ -145,7 +145,19 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
         (403, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken") => {
             S3Error::BadCredentials(code)
         }
-        (403, _) => S3Error::AccessDenied(if code.is_empty() { message } else { code }),
+        // Garage says AccessDenied with "Forbidden: Invalid signature" / "No such key: GK…"
+        (403, _)
+            if message.contains("signature")
+                || message.contains("Signature")
+                || message.contains("No such key") =>
+        {
+            S3Error::BadCredentials(message)
+        }
+        (403, _) => S3Error::AccessDenied(match (code.is_empty(), message.is_empty()) {
+            (true, _) => message,
+            (false, true) => code,
+            (false, false) => format!("{code}: {message}"),
+        }),
         (412, _) => S3Error::PreconditionFailed,
         _ => S3Error::Other {
             status,

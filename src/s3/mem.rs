@@ -25,10 +25,13 @@ struct Obj {
     modified: SystemTime,
 }
 
+/// An open multipart upload: destination key, metadata, parts by number.
+type Upload = (String, Metadata, BTreeMap<i32, Vec<u8>>);
+
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Obj>,
-    uploads: HashMap<String, (String, Metadata, BTreeMap<i32, Vec<u8>>)>,
+    uploads: HashMap<String, Upload>,
     next: u64,
     counts: BTreeMap<&'static str, u64>,
 }

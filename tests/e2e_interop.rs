@@ -1,0 +1,362 @@
+//! End-to-end: a bucket shared with other tools. Objects uploaded directly (with the SSE-C key,
+//! with or without s3fs-style metadata, with or without directory markers) show up right; a
+//! `BUCKET:PREFIX` mount sees only its prefix; what the mount writes carries s3fs metadata.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::*;
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// (uid, gid) of this process: what objects without metadata show.
+fn ids() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+#[test]
+fn objects_uploaded_directly_appear_as_files() {
+    let b = TestBucket::new();
+    let key = Key::random();
+    let (uid, gid) = ids();
+    let body = random_bytes(20_000);
+    put_with_key(b.name(), "direct.bin", &body, &key, &[]);
+    // objects under prefixes without any `dir/` marker
+    put_with_key(
+        b.name(),
+        "nomarker/deeper/obj.txt",
+        b"deep object",
+        &key,
+        &[],
+    );
+    put_with_key(b.name(), "nomarker/top.txt", b"top object", &key, &[]);
+
+    let mut m = Mount::with_key(&b, &key, &[]);
+    let check = |m: &Mount| {
+        assert_eq!(names(m.root()), ["direct.bin", "nomarker"]);
+        assert_eq!(fs::read(m.path("direct.bin")).unwrap(), body);
+        let md = fs::metadata(m.path("direct.bin")).unwrap();
+        assert_eq!(md.len(), 20_000);
+        assert_eq!(md.mode(), libc::S_IFREG | 0o644, "default file mode");
+        assert_eq!((md.uid(), md.gid()), (uid, gid), "default owner");
+        assert!(
+            (md.mtime() - now()).abs() < 600,
+            "no mtime metadata: LastModified ({}) is used",
+            md.mtime()
+        );
+
+        // prefixes without markers are directories
+        assert!(m.path("nomarker").is_dir());
+        assert!(m.path("nomarker/deeper").is_dir());
+        let dmd = fs::metadata(m.path("nomarker")).unwrap();
+        assert_eq!(dmd.mode(), libc::S_IFDIR | 0o755, "default directory mode");
+        assert_eq!(names(&m.path("nomarker")), ["deeper", "top.txt"]);
+        assert_eq!(names(&m.path("nomarker/deeper")), ["obj.txt"]);
+        assert_eq!(
+            fs::read(m.path("nomarker/deeper/obj.txt")).unwrap(),
+            b"deep object"
+        );
+        // a lookup without a listing first (fresh path, straight stat)
+        assert_eq!(
+            fs::read_to_string(m.path("nomarker/top.txt")).unwrap(),
+            "top object"
+        );
+    };
+    check(&m);
+
+    // a file in a marker-less directory can be added and removed; the directory stays as long
+    // as something is in it
+    fs::write(m.path("nomarker/deeper/new.txt"), b"added").unwrap();
+    assert_stored(b.name(), "nomarker/deeper/new.txt", &key, b"added");
+    fs::remove_file(m.path("nomarker/deeper/new.txt")).unwrap();
+    m.remount();
+    check(&m);
+    // unmarked directory emptied through the mount and removed
+    fs::remove_file(m.path("nomarker/deeper/obj.txt")).unwrap();
+    fs::remove_dir(m.path("nomarker/deeper")).unwrap();
+    assert!(!m.path("nomarker/deeper").exists());
+    assert_eq!(list(b.name(), "nomarker/"), ["nomarker/top.txt"]);
+}
+
+#[test]
+fn s3fs_style_metadata_is_honoured() {
+    let b = TestBucket::new();
+    let key = Key::random();
+    let file = |name: &str, mode: u32, extra: &[(&str, &str)]| {
+        let mode = mode.to_string();
+        let mut meta = vec![("mode", mode.as_str())];
+        meta.extend_from_slice(extra);
+        put_with_key(
+            b.name(),
+            name,
+            format!("body of {name}").as_bytes(),
+            &key,
+            &meta,
+        );
+    };
+    let owner = [("uid", "1234"), ("gid", "4321"), ("mtime", "1577934245")];
+    file("s3fs/f644", libc::S_IFREG | 0o644, &owner);
+    assert_eq!((libc::S_IFREG | 0o644).to_string(), "33188");
+    file(
+        "s3fs/f600",
+        libc::S_IFREG | 0o600,
+        &[("mtime", "1600000000")],
+    );
+    file(
+        "s3fs/x755",
+        libc::S_IFREG | 0o755,
+        &[("mtime", "1500000000.75")],
+    );
+    file("s3fs/setgid", libc::S_IFREG | 0o2750, &[]);
+    // a directory marker with a mode and mtime, and a file inside it
+    put_with_key(
+        b.name(),
+        "s3fs/dir/",
+        b"",
+        &key,
+        &[
+            ("mode", &(libc::S_IFDIR | 0o700).to_string()),
+            ("mtime", "1400000000"),
+            ("uid", "1234"),
+            ("gid", "4321"),
+        ],
+    );
+    file("s3fs/dir/inner", libc::S_IFREG | 0o640, &[]);
+    // an s3fs symlink: the body is the target
+    put_with_key(
+        b.name(),
+        "s3fs/link",
+        b"f644",
+        &key,
+        &[
+            ("mode", &(libc::S_IFLNK | 0o777).to_string()),
+            ("mtime", "1577934245"),
+        ],
+    );
+
+    let mut m = Mount::with_key(&b, &key, &[]);
+    let check = |m: &Mount| {
+        let st = |rel: &str| fs::symlink_metadata(m.path(rel)).unwrap();
+        let md = st("s3fs/f644");
+        assert_eq!(md.mode(), 0o100644);
+        assert_eq!((md.uid(), md.gid()), (1234, 4321));
+        assert_eq!(md.mtime(), 1577934245);
+        assert_eq!(md.len(), "body of s3fs/f644".len() as u64);
+        let md = st("s3fs/f600");
+        assert_eq!((md.mode(), md.mtime()), (0o100600, 1600000000));
+        let md = st("s3fs/x755");
+        assert_eq!((md.mode(), md.mtime()), (0o100755, 1500000000));
+        assert_eq!(st("s3fs/setgid").mode(), 0o102750);
+        let md = st("s3fs/dir");
+        assert!(md.is_dir());
+        assert_eq!(md.mode(), 0o40700);
+        assert_eq!((md.uid(), md.gid(), md.mtime()), (1234, 4321, 1400000000));
+        assert_eq!(st("s3fs/dir/inner").mode(), 0o100640);
+        let md = st("s3fs/link");
+        assert!(md.file_type().is_symlink(), "{md:?}");
+        assert_eq!(
+            fs::read_link(m.path("s3fs/link")).unwrap(),
+            Path::new("f644")
+        );
+        assert_eq!(
+            fs::read_to_string(m.path("s3fs/link")).unwrap(),
+            "body of s3fs/f644"
+        );
+        // stat(1) agrees
+        let s = run(
+            "stat",
+            &["-c", "%a %u %g %Y", m.path("s3fs/f644").to_str().unwrap()],
+        );
+        assert_eq!(s.trim(), "644 1234 4321 1577934245");
+        assert_eq!(
+            names(&m.path("s3fs")),
+            ["dir", "f600", "f644", "link", "setgid", "x755"]
+        );
+    };
+    check(&m);
+    m.remount();
+    check(&m);
+}
+
+#[test]
+fn files_written_through_the_mount_carry_s3fs_metadata() {
+    let b = TestBucket::new();
+    let mut m = Mount::new(&b, &[]);
+    let (uid, gid) = ids();
+    fs::write(m.path("w.txt"), b"written").unwrap();
+    let md = fs::metadata(m.path("w.txt")).unwrap();
+    let h = head(b.name(), "w.txt", Some(m.key())).unwrap();
+    let meta = |k: &str| h.metadata.get(k).cloned().unwrap_or_default();
+    assert_eq!(
+        meta("mode"),
+        "33188",
+        "x-amz-meta-mode of a new 0644 file: {h:?}"
+    );
+    assert_eq!(meta("uid"), uid.to_string(), "{h:?}");
+    assert_eq!(meta("gid"), gid.to_string(), "{h:?}");
+    assert_eq!(meta("mtime"), md.mtime().to_string(), "{h:?}");
+    assert_eq!(h.sse_customer_algorithm.as_deref(), Some("AES256"));
+    assert_eq!(h.sse_customer_key_md5, Some(m.key().md5_base64()));
+
+    // chmod, chown, touch: new metadata on the same object, content unchanged
+    run("chmod", &["751", m.path("w.txt").to_str().unwrap()]);
+    run("chown", &["2001:2002", m.path("w.txt").to_str().unwrap()]);
+    run(
+        "touch",
+        &["-d", "@1234567890", m.path("w.txt").to_str().unwrap()],
+    );
+    let h = head(b.name(), "w.txt", Some(m.key())).unwrap();
+    let meta = |k: &str| h.metadata.get(k).cloned().unwrap_or_default();
+    assert_eq!(meta("mode"), (libc::S_IFREG | 0o751).to_string(), "{h:?}");
+    assert_eq!(
+        (meta("uid"), meta("gid")),
+        ("2001".into(), "2002".into()),
+        "{h:?}"
+    );
+    assert_eq!(meta("mtime"), "1234567890", "{h:?}");
+    assert_stored(b.name(), "w.txt", m.key(), b"written");
+
+    // a directory: an s3fs marker carrying the mode with the directory bit
+    fs::create_dir(m.path("dir")).unwrap();
+    run("chmod", &["710", m.path("dir").to_str().unwrap()]);
+    let h = head(b.name(), "dir/", Some(m.key()))
+        .unwrap_or_else(|e| panic!("HEAD of the directory marker dir/: {e}"));
+    assert_eq!(
+        h.metadata.get("mode").map(String::as_str),
+        Some((libc::S_IFDIR | 0o710).to_string().as_str()),
+        "{h:?}"
+    );
+    assert_eq!(h.metadata.get("uid"), Some(&uid.to_string()), "{h:?}");
+
+    m.remount();
+    let md = fs::metadata(m.path("w.txt")).unwrap();
+    assert_eq!(
+        (md.mode(), md.uid(), md.gid(), md.mtime()),
+        (0o100751, 2001, 2002, 1234567890)
+    );
+    assert_eq!(fs::metadata(m.path("dir")).unwrap().mode(), 0o40710);
+}
+
+#[test]
+fn objects_stored_without_sse_c_are_readable_and_rewritten_with_it() {
+    let b = TestBucket::new();
+    let key = Key::random();
+    put(b.name(), "plain.txt", b"uploaded in the clear\n", None, &[]);
+    put_with_key(b.name(), "keyed.txt", b"keyed", &key, &[]);
+    let mut m = Mount::with_key(&b, &key, &[]);
+    assert_eq!(
+        fs::read(m.path("plain.txt")).unwrap(),
+        b"uploaded in the clear\n"
+    );
+    // appending rewrites the object with SSE-C
+    sh(&format!(
+        "echo appended >> '{}'",
+        m.path("plain.txt").display()
+    ));
+    assert_stored(
+        b.name(),
+        "plain.txt",
+        &key,
+        b"uploaded in the clear\nappended\n",
+    );
+    m.remount();
+    assert_eq!(
+        fs::read(m.path("plain.txt")).unwrap(),
+        b"uploaded in the clear\nappended\n"
+    );
+}
+
+#[test]
+fn prefix_mount_shows_only_its_prefix() {
+    let b = TestBucket::new();
+    let key = Key::random();
+    for (k, body) in [
+        ("outside.txt", &b"outside"[..]),
+        ("some/other.txt", b"other"),
+        ("some/prefix/a.txt", b"a in prefix"),
+        ("some/prefix/sub/b.txt", b"b in prefix"),
+        ("some/prefixed.txt", b"sibling sharing the string prefix"),
+        ("some/prefix-not/c.txt", b"sibling directory"),
+    ] {
+        put_with_key(b.name(), k, body, &key, &[]);
+    }
+    let source = format!("{}:some/prefix", b.name());
+    let mut m = Mount::with_source(&source, &key, &[]);
+    let check = |m: &Mount| {
+        assert_eq!(names(m.root()), ["a.txt", "sub"], "root of {source}");
+        assert_eq!(fs::read(m.path("a.txt")).unwrap(), b"a in prefix");
+        assert_eq!(fs::read(m.path("sub/b.txt")).unwrap(), b"b in prefix");
+        for outside in [
+            "outside.txt",
+            "other.txt",
+            "prefixed.txt",
+            "prefix-not",
+            "some",
+        ] {
+            let e = fs::metadata(m.path(outside)).unwrap_err();
+            assert_eq!(errno(&e), libc::ENOENT, "{outside} must not be visible");
+        }
+    };
+    check(&m);
+
+    // writes land under the prefix
+    fs::write(m.path("new.txt"), b"new in prefix").unwrap();
+    fs::create_dir(m.path("newdir")).unwrap();
+    fs::write(m.path("newdir/x"), b"x").unwrap();
+    run("mv", &[m.path("a.txt"), m.path("newdir/a-moved.txt")]);
+    assert_stored(b.name(), "some/prefix/new.txt", &key, b"new in prefix");
+    assert_stored(b.name(), "some/prefix/newdir/x", &key, b"x");
+    assert_stored(
+        b.name(),
+        "some/prefix/newdir/a-moved.txt",
+        &key,
+        b"a in prefix",
+    );
+    assert_eq!(
+        list(b.name(), ""),
+        [
+            "outside.txt",
+            "some/other.txt",
+            "some/prefix-not/c.txt",
+            "some/prefix/new.txt",
+            "some/prefix/newdir/",
+            "some/prefix/newdir/a-moved.txt",
+            "some/prefix/newdir/x",
+            "some/prefix/sub/b.txt",
+            "some/prefixed.txt",
+        ],
+        "objects on the server"
+    );
+    m.remount();
+    assert_eq!(names(m.root()), ["new.txt", "newdir", "sub"]);
+    assert_eq!(
+        fs::read(m.path("newdir/a-moved.txt")).unwrap(),
+        b"a in prefix"
+    );
+
+    // the same prefix given with slashes, and the s3:// form
+    drop(m);
+    let m2 = Mount::with_source(&format!("{}:/some/prefix/", b.name()), &key, &[]);
+    assert_eq!(names(m2.root()), ["new.txt", "newdir", "sub"]);
+    drop(m2);
+    let m3 = Mount::with_source(&format!("s3://{}/some/prefix", b.name()), &key, &[]);
+    assert_eq!(names(m3.root()), ["new.txt", "newdir", "sub"]);
+}
