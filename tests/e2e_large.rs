@@ -9,16 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn vm_lck_kb(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmLck:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn four_gib_sequential_write_under_a_64m_cap() {
     let bucket = TestBucket::new();
@@ -41,7 +31,7 @@ fn four_gib_sequential_write_under_a_64m_cap() {
         let h = std::thread::spawn(move || {
             let mut peak = 0;
             while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(vm_lck_kb(pid));
+                peak = peak.max(proc_status_kb(pid, "VmLck:"));
                 std::thread::sleep(Duration::from_millis(50));
             }
             peak

@@ -126,15 +126,6 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn cache_in_use_is_locked_memory_and_process_is_not_dumpable() {
     let bucket = TestBucket::new();
@@ -143,9 +134,9 @@ fn cache_in_use_is_locked_memory_and_process_is_not_dumpable() {
     fs::write(m.path("f"), &data).unwrap();
     m.remount();
     let pid = m.pid().expect("daemon pid");
-    let before = status_kb(pid, "VmLck:");
+    let before = proc_status_kb(pid, "VmLck:");
     assert_eq!(fs::read(m.path("f")).unwrap(), data);
-    let after = status_kb(pid, "VmLck:");
+    let after = proc_status_kb(pid, "VmLck:");
     // the read cache holds (most of) what was read, all of it locked
     assert!(
         after >= before + 24 * 1024,

@@ -13,6 +13,20 @@ fn fs_on(mem: &MemStore) -> Arc<Fs> {
     )
 }
 
+fn write_back_fs_on(mem: &MemStore, delay: Duration, max_pending: u64) -> Arc<Fs> {
+    let mut cfg = FsConfig::new("", 1000, 1000);
+    cfg.write_back = Some(WriteBack {
+        delay,
+        max_pending,
+        concurrency: 4,
+    });
+    Fs::new(
+        cfg,
+        Arc::new(mem.clone()),
+        Arena::with_cap_unchecked(64 << 20),
+    )
+}
+
 async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
     let (ino, _, fh) = fs.create(parent, name, 0o644, 1000, 1000).await.unwrap();
     fs.write(ino, 0, data).await.unwrap();
@@ -187,17 +201,7 @@ async fn truncate_without_handle_is_durable() {
 #[tokio::test]
 async fn write_back_folds_rsync_pattern_into_one_put() {
     let mem = MemStore::new("k");
-    let mut cfg = FsConfig::new("", 1000, 1000);
-    cfg.write_back = Some(WriteBack {
-        delay: Duration::from_millis(50),
-        max_pending: 16 << 20,
-        concurrency: 4,
-    });
-    let fs = Fs::new(
-        cfg,
-        Arc::new(mem.clone()),
-        Arena::with_cap_unchecked(64 << 20),
-    );
+    let fs = write_back_fs_on(&mem, Duration::from_millis(50), 16 << 20);
     let (dir, _) = fs.mkdir(ROOT, "dst", 0o755, 1000, 1000).await.unwrap();
     for i in 0..20 {
         let tmp = format!(".f{i}.XXXX");
@@ -237,17 +241,7 @@ async fn write_back_folds_rsync_pattern_into_one_put() {
 #[tokio::test]
 async fn write_back_upload_happens_after_the_delay() {
     let mem = MemStore::new("k");
-    let mut cfg = FsConfig::new("", 1000, 1000);
-    cfg.write_back = Some(WriteBack {
-        delay: Duration::from_millis(20),
-        max_pending: 1 << 20,
-        concurrency: 2,
-    });
-    let fs = Fs::new(
-        cfg,
-        Arc::new(mem.clone()),
-        Arena::with_cap_unchecked(64 << 20),
-    );
+    let fs = write_back_fs_on(&mem, Duration::from_millis(20), 1 << 20);
     write_file(&fs, ROOT, "a", b"abc").await;
     for _ in 0..100 {
         if mem.raw("a").is_some() {

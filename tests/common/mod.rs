@@ -1275,3 +1275,14 @@ pub fn mtime_of(p: &Path) -> i64 {
         .unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
         .mtime()
 }
+
+/// A `kB` field of /proc/PID/status (VmLck, VmHWM, …); 0 when unreadable.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
