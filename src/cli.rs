@@ -29,6 +29,27 @@ pub enum Command {
     },
     /// Check endpoint, credentials, bucket, SSE-C writes and that the key opens objects.
     Check(CheckArgs),
+    /// Re-encrypt every object under BUCKET[:PREFIX] from one key to another, server-side
+    /// (nothing is downloaded); resumable: objects the new key already opens are skipped.
+    Rotate(RotateArgs),
+}
+
+/// `ssecfs rotate` arguments.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// Key file the objects are encrypted with now.
+    #[arg(long, value_name = "PATH")]
+    pub from: PathBuf,
+    /// Key file to re-encrypt them with.
+    #[arg(long, value_name = "PATH")]
+    pub to: PathBuf,
+    /// Only report what would be rotated.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// BUCKET or BUCKET:PREFIX.
+    pub source: String,
 }
 
 /// How to reach the server; shared by every subcommand.
@@ -53,7 +74,7 @@ pub struct ConnectionArgs {
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
     /// Key file: 32 raw bytes or their base64 text (mode 0600).
-    #[arg(long, value_name = "PATH", required = true)]
+    #[arg(long, value_name = "PATH")]
     pub key_file: Vec<PathBuf>,
 }
 
@@ -233,6 +254,7 @@ pub fn expand_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String>), 
         "mount",
         "keygen",
         "check",
+        "rotate",
         "help",
         "-h",
         "--help",

@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cache::arena::{forbid_core_dumps, Arena};
-use crate::cli::{self, CheckArgs, Cli, Command, ConnectionArgs, MountArgs};
+use crate::cli::{self, CheckArgs, Cli, Command, ConnectionArgs, MountArgs, RotateArgs};
 use crate::fs::{Fs, FsConfig};
 use crate::key::CustomerKey;
 use crate::s3::aws::{build_client, AwsStore, Connection};
@@ -48,6 +48,7 @@ pub fn main_entry() -> ExitCode {
     match cli.command {
         Command::Keygen { path } => keygen(&path),
         Command::Check(c) => check(c),
+        Command::Rotate(r) => rotate(r),
         Command::Mount(mut m) => {
             m.kernel_flags = kernel_flags;
             match mount(*m) {
@@ -318,6 +319,60 @@ fn check(args: CheckArgs) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn rotate(args: RotateArgs) -> ExitCode {
+    init_logging("warn", LogTarget::Stderr);
+    let (from, to) = match (CustomerKey::load(&args.from), CustomerKey::load(&args.to)) {
+        (Ok(f), Ok(t)) => (Arc::new(f), t),
+        (Err(e), _) | (_, Err(e)) => return fail(&e.to_string()),
+    };
+    if from.fingerprint() == to.fingerprint() {
+        return fail("--from and --to are the same key");
+    }
+    let (bucket, prefix) = cli::split_source(&args.source);
+    let endpoint = args.conn.endpoint.clone().unwrap_or_else(|| "AWS".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result: Result<crate::s3::aws::RotateSummary, String> = rt.block_on(async {
+        let store = connect(&args.conn, &bucket, to).await?;
+        store
+            .rotate_prefix(
+                &format_prefix(&prefix),
+                &from,
+                args.dry_run,
+                |done, total| {
+                    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                        eprint!("\rrotating: {done}/{total}");
+                    }
+                },
+            )
+            .await
+            .map_err(|e| explain(&e, &bucket, &endpoint))
+    });
+    match result {
+        Ok(s) => {
+            println!(
+                "{}rotated {}, already under the new key {}, plain (not SSE-C) {}, opened by neither key {}",
+                if args.dry_run { "dry run: would have " } else { "" },
+                s.rotated,
+                s.already,
+                s.plain,
+                s.neither.len()
+            );
+            for k in s.neither.iter().take(20) {
+                println!("  neither key opens: {k}");
+            }
+            if s.neither.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Err(e) => fail(&e),
     }
 }
