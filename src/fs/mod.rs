@@ -580,6 +580,7 @@ impl Fs {
         }
         let target = self.target(ino)?;
         let obj = f.flush(&self.wctx, &target).await?;
+        let kept = f.take_kept_meta();
         self.forget_head(&obj.key);
         let (parent, name, entry) = {
             let mut t = self.table.lock().unwrap();
@@ -588,6 +589,17 @@ impl Fs {
             n.etag = obj.etag.clone();
             n.sse_c = true;
             n.attr.size = obj.size;
+            if let Some(m) = &kept {
+                // what the server holds is what we report
+                n.attr.mtime = m
+                    .get("mtime")
+                    .and_then(|v| attr::parse_epoch(v))
+                    .unwrap_or(n.attr.mtime);
+                n.attr.ctime = m
+                    .get("ctime")
+                    .and_then(|v| attr::parse_epoch(v))
+                    .unwrap_or(n.attr.ctime);
+            }
             (n.parent, n.name.clone(), Self::entry_of(&n.attr, &obj.etag))
         };
         self.listing_update(parent, &name, Some(entry));
@@ -1113,7 +1125,11 @@ impl Fs {
             if f.is_dirty() || set.size.is_some() {
                 // Folded into the upload that close() makes; a truncate(2) without an open
                 // handle is made durable right now.
-                f.mark_dirty();
+                if meta_changed {
+                    f.mark_meta_changed();
+                } else {
+                    f.mark_dirty();
+                }
                 drop(f);
                 if node.open == 0 {
                     self.close_ino(ino).await?;

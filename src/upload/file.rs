@@ -108,6 +108,12 @@ pub struct DirtyFile {
     chunks: BTreeMap<u64, Arc<LockedBuf>>,
     streaming: Option<Streaming>,
     dirty: bool,
+    /// chmod/chown/utimens arrived while writing: the metadata fixed when a streaming upload
+    /// began must be replaced after it completes.
+    meta_explicit: bool,
+    /// Metadata actually stored by the last flush when it kept the streaming upload's own
+    /// (its times are those of the upload's start); the caller adopts them.
+    kept_meta: Option<Metadata>,
 }
 
 impl std::fmt::Debug for DirtyFile {
@@ -138,7 +144,20 @@ impl DirtyFile {
             size,
             chunks: BTreeMap::new(),
             streaming: None,
+            meta_explicit: false,
+            kept_meta: None,
         }
+    }
+
+    /// An explicit metadata change (chmod, chown, utimens) for the next upload.
+    pub fn mark_meta_changed(&mut self) {
+        self.dirty = true;
+        self.meta_explicit = true;
+    }
+
+    /// Metadata the last flush stored instead of the target's (see `kept_meta`).
+    pub fn take_kept_meta(&mut self) -> Option<Metadata> {
+        self.kept_meta.take()
     }
 
     /// Current size.
@@ -283,9 +302,11 @@ impl DirtyFile {
                 idx,
                 tokio::spawn(async move {
                     let _slot = slots.acquire_owned().await;
+                    tracing::debug!(part = idx + 1, "part upload starts");
                     let r = store
                         .upload_part(&key, &upload_id, idx as i32 + 1, body_of(&buf))
                         .await;
+                    tracing::debug!(part = idx + 1, ok = r.is_ok(), "part upload done");
                     (idx, r, buf)
                 }),
             );
@@ -402,6 +423,7 @@ impl DirtyFile {
         self.base_valid = self.size;
         self.chunks.clear();
         self.dirty = false;
+        self.meta_explicit = false;
         Ok(obj)
     }
 
@@ -516,9 +538,24 @@ impl DirtyFile {
         match outcome {
             Ok(etag) => {
                 self.streaming = None;
-                // Metadata fixed when the streaming upload began may be stale (chmod, utimens
-                // or a rename while writing): fix it server-side.
-                if key != target.key || streamed_meta.is_some_and(|m| m != target.meta) {
+                // Metadata fixed when the streaming upload began may be stale. Times that moved
+                // only because of the writes themselves are kept (the upload's start time); an
+                // explicit chmod/chown/utimens, or a rename while writing, is fixed server-side.
+                let stale = streamed_meta.filter(|m| *m != target.meta);
+                let only_times = stale.as_ref().is_some_and(|m| {
+                    let strip = |x: &Metadata| {
+                        let mut x = x.clone();
+                        x.remove("mtime");
+                        x.remove("ctime");
+                        x
+                    };
+                    strip(m) == strip(&target.meta)
+                });
+                if key == target.key && only_times && !self.meta_explicit {
+                    self.kept_meta = stale;
+                    return Ok(etag);
+                }
+                if key != target.key || stale.is_some() {
                     let etag = crate::s3::copy_any_size(
                         ctx.store.as_ref(),
                         &key,
