@@ -159,10 +159,17 @@ impl Write for SyslogWriter {
 }
 
 fn load_key(conn: &ConnectionArgs) -> Result<CustomerKey, String> {
-    let path = conn
-        .key_file
-        .first()
-        .ok_or("a key file is required: --key-file PATH")?;
+    let path = match conn.key_file.as_slice() {
+        [] => return Err("a key file is required: --key-file PATH".into()),
+        [one] => one,
+        _ => {
+            return Err(
+                "only one --key-file is supported for now (key rings are not implemented); \
+                 re-encrypt old objects with `ssecfs rotate --from OLD --to NEW`"
+                    .into(),
+            )
+        }
+    };
     CustomerKey::load(path).map_err(|e| e.to_string())
 }
 
