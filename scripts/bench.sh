@@ -189,10 +189,13 @@ mkdir -p "$WORK/bin" "$WORK/mnt" "$WORK/logs" "$WORK/s3fs-tmp" "$WORK/rclone-cac
 cp "$CARGO_TARGET_DIR/release/ssecfs" "$CARGO_TARGET_DIR/release/ssecfs-raw-bench" "$WORK/bin/"
 SSECFS=$WORK/bin/ssecfs
 RAW=$WORK/bin/ssecfs-raw-bench
-RESULTS=$WORK/results.tsv
-: >"$RESULTS"
-
 SERVER_DIR=${BENCH_SERVER_DIR:-${XDG_RUNTIME_DIR:-/tmp}/ssecfs-bench-garage}
+mkdir -p "$SERVER_DIR"
+# the numbers (no test data in them) go next to the server state, written as they come, so
+# that they survive an interrupted run; re-run the report with scripts/bench/report.py
+# --results $SERVER_DIR/last-results.tsv --meta $SERVER_DIR/last-meta.tsv [--md F --png F]
+RESULTS=$SERVER_DIR/last-results.tsv
+: >"$RESULTS"
 SERVER_STARTED=0
 CUR_MNT=""
 CUR_PID=""
@@ -206,6 +209,7 @@ server() { # test-server.sh with the benchmark's own dir and ports
 
 cleanup() {
 	local rc=$? mp t_clean=$EPOCHREALTIME
+	set +e # best effort from here on: a failing kill must not skip the rest
 	trap - EXIT INT TERM
 	[[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null
 	# every FUSE mount under our scratch dir
@@ -785,6 +789,7 @@ declare -A SPENT
 for ((run = 1; run <= RUNS; run++)); do
 	# contenders interleaved per run, so that background noise spreads over all of them
 	for c in "${CONTENDERS[@]}"; do
+		[[ -f $DATA && -x $RAW ]] || die "the scratch dir $WORK vanished (something removed it)"
 		log "run $run/$RUNS: $c"
 		t_c=$EPOCHREALTIME
 		if [[ $c == raw ]]; then
@@ -802,7 +807,7 @@ done
 # report
 
 T_END=$EPOCHREALTIME
-META=$WORK/meta.tsv
+META=$SERVER_DIR/last-meta.tsv
 {
 	printf 'command\t%s\n' "$COMMAND"
 	printf 'mode\t%s\n' "$( ((QUICK)) && echo quick || echo full)"
@@ -843,8 +848,5 @@ if ((DOCS)); then
 	report_args+=(--md docs/BENCHMARKS.md --png docs/benchmarks.png)
 fi
 "$PY" scripts/bench/report.py "${report_args[@]}"
-# keep the numbers (no test data in them) to re-run the report: scripts/bench/report.py
-# --results $SERVER_DIR/last-results.tsv --meta $SERVER_DIR/last-meta.tsv [--md F --png F]
-cp "$RESULTS" "$SERVER_DIR/last-results.tsv" && cp "$META" "$SERVER_DIR/last-meta.tsv" || true
 ((DOCS)) && log "wrote docs/BENCHMARKS.md and docs/benchmarks.png"
 log "total $(elapsed "$T_START" "$EPOCHREALTIME") s"
