@@ -11,8 +11,8 @@
 #                             rclone-off rclone-writes)
 #          --no-docs          print the tables but do not write docs/BENCHMARKS.md and the PNG
 #          --no-build         use the binaries already in $CARGO_TARGET_DIR/release
-#          --no-netns         run in the host's network namespace with its default TCP stack
-#                             (see "Network" below)
+#          --no-netns         run in the host's namespaces: default TCP stack, the host's
+#                             /dev/shm (see "Namespaces" below)
 #
 # Writes docs/BENCHMARKS.md and docs/benchmarks.png (scripts/bench/report.py) and prints the
 # tables on stdout; progress goes to stderr.
@@ -33,13 +33,14 @@
 # rclone's cache and s3fs's temporary files, which are pointed there); every mount is undone on
 # exit. A failing contender/workload is recorded as "FAIL: reason", never dropped.
 #
-# Network: Garage writes an SSE-C GET's response headers and body separately without
+# Namespaces: Garage writes an SSE-C GET's response headers and body separately without
 # TCP_NODELAY, so the body waits for the client's delayed ACK: every small SSE-C GET costs
 # ~40 ms on loopback, whatever the client, which would make every per-file read workload
-# measure that timer. By default the script therefore re-runs itself (after the build) in a
-# private network namespace (unshare --net: its own loopback, invisible to everything else)
-# whose loopback routes have delayed ACKs off (`ip route ... quickack 1`). --no-netns keeps the
-# host's stack and the stall.
+# measure that timer. By default the script therefore re-runs itself (after the build) in
+# private network and mount namespaces (unshare --net --mount): its own loopback, whose routes
+# have delayed ACKs off (`ip route ... quickack 1`), and its own tmpfs on /dev/shm, which no
+# other process can see or clean up under it and which vanishes with the namespace even if
+# the script is killed. --no-netns keeps the host's stack (and the stall) and /dev/shm.
 #
 # Environment:
 #   CARGO_TARGET_DIR   default ~/.cache/ssecfs-target
@@ -132,16 +133,18 @@ done
 
 # private network namespace with quickack on loopback (see "Network" above)
 if ((NETNS)) && [[ -z ${BENCH_IN_NETNS:-} ]]; then
-	if command -v unshare >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 && unshare --net true 2>/dev/null; then
-		log "re-running in a private network namespace (loopback without delayed ACKs)"
-		exec unshare --net -- env BENCH_IN_NETNS=1 BENCH_T_START="$T_START" BENCH_COMMAND="$COMMAND" \
+	if command -v unshare >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 &&
+		unshare --net --mount true 2>/dev/null; then
+		log "re-running in private network and mount namespaces (loopback without delayed ACKs, own /dev/shm)"
+		exec unshare --net --mount --propagation private -- env BENCH_IN_NETNS=1 BENCH_T_START="$T_START" BENCH_COMMAND="$COMMAND" \
 			"$BASH" "$0" ${ORIG_ARGS[@]+"${ORIG_ARGS[@]}"} --no-build
 	fi
-	log "WARNING: cannot create a network namespace (needs root and unshare/ip): default TCP stack"
+	log "WARNING: cannot create namespaces (needs root and unshare/ip): default TCP stack, host /dev/shm"
 	NETNS=0
 fi
 TCP_NOTE="host network namespace, default TCP stack (delayed ACKs on)"
 if [[ -n ${BENCH_IN_NETNS:-} ]]; then
+	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm || die "cannot mount a private tmpfs on /dev/shm"
 	ip link set lo up || die "cannot bring up lo in the private network namespace"
 	if ip route change local 127.0.0.0/8 dev lo table local proto kernel scope host src 127.0.0.1 quickack 1 &&
 		ip route change local 127.0.0.1 dev lo table local proto kernel scope host src 127.0.0.1 quickack 1; then

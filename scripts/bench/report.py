@@ -302,9 +302,9 @@ METHOD = """\
   socket without `TCP_NODELAY`; the body (ready ~8 ms later, after the block is decrypted)
   then waits for the client's delayed ACK, so every small SSE-C GET costs ~40 ms whatever the
   client (seen with strace on both ends). Per-file and random-read workloads would all measure
-  that timer. Unless run with `--no-netns`, the script therefore runs in a private network
-  namespace whose loopback routes have delayed ACKs off (`ip route … quickack 1`); the
-  Machine table says which was used.
+  that timer. Unless run with `--no-netns`, the script therefore runs in private network and
+  mount namespaces: loopback routes with delayed ACKs off (`ip route … quickack 1`; the
+  Machine table says which stack was used) and a private tmpfs on /dev/shm.
 - **Key**: one random SSE-C key for every contender. ssecfs, s3fs (`use_sse=custom:FILE`) and
   the raw tool read it as a base64 line; rclone gets `sse_customer_key_base64`. Every write is
   checked on the server with a keyed HEAD that must succeed and an unkeyed HEAD that must be
@@ -350,7 +350,8 @@ METHOD = """\
   temporary files and rclone (cache mode writes) in its cache directory; both are on tmpfs
   here, and that memory is not in their RSS.
 - **Plaintext** exists only in /dev/shm (the source data, the copies, rclone's cache, s3fs's
-  temporary files) and is deleted at the end; all mounts are undone on exit.
+  temporary files; a private tmpfs that goes away with the script's namespace) and is deleted
+  at the end; all mounts are undone on exit.
 """
 
 
