@@ -258,21 +258,11 @@ async fn preflight(
         return Err(format!(
             "the key (fingerprint {}) opens none of the {wrong} objects sampled in `{}`; is this \
              the right key? (use --force to mount anyway)",
-            store_key_fingerprint(store),
+            store.key_fingerprint(),
             store.bucket()
         ));
     }
     Ok(())
-}
-
-fn store_key_fingerprint(store: &AwsStore) -> String {
-    // The Debug form of the store shows only the fingerprint of its key.
-    let dbg = format!("{store:?}");
-    dbg.split("fingerprint ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .unwrap_or("?")
-        .to_owned()
 }
 
 fn check(args: CheckArgs) -> ExitCode {

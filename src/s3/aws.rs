@@ -66,6 +66,11 @@ impl AwsStore {
         }
     }
 
+    /// Fingerprint of the customer key (safe to print).
+    pub fn key_fingerprint(&self) -> &str {
+        self.key.fingerprint()
+    }
+
     /// The bucket this store talks to.
     pub fn bucket(&self) -> &str {
         &self.bucket
