@@ -98,6 +98,13 @@ fn plaintext_written_through_the_mount_never_reaches_a_local_disk() {
         home.join(".rustup"),
         xdg_cache.join("ssecfs-target"),
     ];
+    // other build trees next to ours (worktrees, CI runs): ssecfs-target-*
+    if let Ok(rd) = std::fs::read_dir(&xdg_cache) {
+        skip.extend(rd.flatten().map(|e| e.path()).filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ssecfs-target"))
+        }));
+    }
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
         skip.push(PathBuf::from(t));
     }
