@@ -39,9 +39,9 @@ pub enum Command {
 pub struct RotateArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
-    /// Key file the objects are encrypted with now.
-    #[arg(long, value_name = "PATH")]
-    pub from: PathBuf,
+    /// Key file (or key-ring file) the objects are encrypted with now; repeat for several.
+    #[arg(long, value_name = "PATH", required = true)]
+    pub from: Vec<PathBuf>,
     /// Key file to re-encrypt them with.
     #[arg(long, value_name = "PATH")]
     pub to: PathBuf,
@@ -73,9 +73,13 @@ pub struct ConnectionArgs {
     /// AWS credentials file (must be mode 0600).
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
-    /// Key file: 32 raw bytes or their base64 text (mode 0600).
+    /// Key file: 32 raw bytes or their base64 text, or a key ring (one base64 key per line);
+    /// mode 0600. Repeat for a ring: the first key seals new writes, all of them open objects.
     #[arg(long, value_name = "PATH")]
     pub key_file: Vec<PathBuf>,
+    /// Extra PEM certificate(s) to trust for an HTTPS endpoint (private CA, self-signed).
+    #[arg(long, value_name = "PATH")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// `ssecfs check` arguments.

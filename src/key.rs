@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -48,6 +48,28 @@ pub enum KeyError {
     BadFormat { path: PathBuf, found: String },
     #[error("cannot lock memory for the key: {0}")]
     Lock(String),
+    #[error(
+        "key file {path} line {line}: {found}; a key-ring file holds one base64 key \
+         (44 characters) per line"
+    )]
+    BadRingLine {
+        path: PathBuf,
+        line: usize,
+        found: String,
+    },
+    #[error(
+        "the same key (fingerprint {fingerprint}) is given twice ({first} and {second}); \
+         each key of the ring must be different"
+    )]
+    Duplicate {
+        fingerprint: String,
+        first: String,
+        second: String,
+    },
+    #[error("a key file is required: --key-file PATH")]
+    NoKey,
+    #[error("too many keys ({0}); a key ring holds at most 255")]
+    TooMany(usize),
 }
 
 /// An SSE-C customer key. Not `Clone`: there is one copy, in locked memory.
@@ -82,30 +104,7 @@ impl CustomerKey {
     /// Load a key file: 32 raw bytes, or base64 of 32 bytes with optional trailing whitespace.
     /// Refuses files readable by group or others, directories, and anything else.
     pub fn load(path: &Path) -> Result<CustomerKey, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.is_dir() {
-            return Err(KeyError::IsDirectory {
-                path: path.to_owned(),
-            });
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::TooOpen {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let _ = meta.uid();
-        let mut content = Zeroizing::new(Vec::with_capacity(64));
-        std::fs::File::open(path)
-            .map_err(io)?
-            .take(4096)
-            .read_to_end(&mut content)
-            .map_err(io)?;
+        let content = read_key_file(path)?;
         Self::parse(&content, path)
     }
 
@@ -156,6 +155,46 @@ impl CustomerKey {
         Self::from_bytes(&k)
     }
 
+    /// Interpret a key file that may be a key ring: one key (raw or base64, see
+    /// [`CustomerKey::parse`]) or several base64 keys, one per line (blank lines and lines
+    /// starting with `#` ignored), in ring order.
+    pub fn parse_ring(content: &[u8], path: &Path) -> Result<Vec<CustomerKey>, KeyError> {
+        let trimmed = trim_ascii_end(content);
+        let textual = content
+            .iter()
+            .all(|c| c.is_ascii_graphic() || c.is_ascii_whitespace());
+        if content.len() == KEY_LEN || !textual || !trimmed.contains(&b'\n') {
+            return Ok(vec![Self::parse(content, path)?]);
+        }
+        let mut keys = Vec::new();
+        for (i, line) in trimmed.split(|&c| c == b'\n').enumerate() {
+            let line = trim_ascii_end(line);
+            let start = line
+                .iter()
+                .position(|c| !c.is_ascii_whitespace())
+                .unwrap_or(line.len());
+            let line = &line[start..];
+            if line.is_empty() || line[0] == b'#' {
+                continue;
+            }
+            let key = Self::parse(line, path).map_err(|e| match e {
+                KeyError::BadFormat { found, .. } => KeyError::BadRingLine {
+                    path: path.to_owned(),
+                    line: i + 1,
+                    found,
+                },
+                other => other,
+            })?;
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(KeyError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(keys)
+    }
+
     /// Base64 of the key, for the `…-customer-key` header. Handle with care.
     pub fn base64(&self) -> &str {
         &self.base64
@@ -179,6 +218,53 @@ impl CustomerKey {
     }
 }
 
+/// The keys of these files in order, each with where it came from (for error messages).
+pub fn read_keys(paths: &[PathBuf]) -> Result<Vec<(CustomerKey, String)>, KeyError> {
+    let mut keys = Vec::new();
+    for path in paths {
+        let content = read_key_file(path)?;
+        let ring = CustomerKey::parse_ring(&content, path)?;
+        let many = ring.len() > 1;
+        for (i, k) in ring.into_iter().enumerate() {
+            let origin = if many {
+                format!("{} key {}", path.display(), i + 1)
+            } else {
+                path.display().to_string()
+            };
+            keys.push((k, origin));
+        }
+    }
+    Ok(keys)
+}
+
+/// Read a key file after checking it is a private regular file (at most 4 KiB are read).
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        return Err(KeyError::IsDirectory {
+            path: path.to_owned(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::TooOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut content = Zeroizing::new(Vec::with_capacity(64));
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(64 * 1024)
+        .read_to_end(&mut content)
+        .map_err(io)?;
+    Ok(content)
+}
+
 fn fingerprint_of(raw: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(raw).expect("HMAC takes any key");
     mac.update(b"ssecfs key fingerprint v1");
@@ -197,6 +283,90 @@ fn trim_ascii_end(s: &[u8]) -> &[u8] {
 impl fmt::Debug for CustomerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CustomerKey(fingerprint {})", self.fingerprint)
+    }
+}
+
+/// The keys a mount may use: the first seals every new write, all of them open objects (so
+/// objects written under an older key stay readable until `ssecfs rotate` re-encrypts them).
+pub struct KeyRing {
+    keys: Vec<CustomerKey>,
+}
+
+impl KeyRing {
+    /// A ring of these keys, in order. Refuses an empty ring and the same key twice (it would
+    /// make fingerprints ambiguous and is almost certainly a mistake in the command line).
+    pub fn new(keys: Vec<(CustomerKey, String)>) -> Result<KeyRing, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::NoKey);
+        }
+        if keys.len() > u8::MAX as usize {
+            return Err(KeyError::TooMany(keys.len()));
+        }
+        for (i, (k, origin)) in keys.iter().enumerate() {
+            if let Some((_, first)) = keys[..i]
+                .iter()
+                .find(|(o, _)| o.fingerprint() == k.fingerprint())
+            {
+                return Err(KeyError::Duplicate {
+                    fingerprint: k.fingerprint().to_owned(),
+                    first: first.clone(),
+                    second: origin.clone(),
+                });
+            }
+        }
+        Ok(KeyRing {
+            keys: keys.into_iter().map(|(k, _)| k).collect(),
+        })
+    }
+
+    /// Load every key file in order (each one key or a key-ring file, see
+    /// [`CustomerKey::parse_ring`]), with the same checks as [`CustomerKey::load`].
+    pub fn load(paths: &[PathBuf]) -> Result<KeyRing, KeyError> {
+        KeyRing::new(read_keys(paths)?)
+    }
+
+    /// A ring of one key.
+    pub fn single(key: CustomerKey) -> KeyRing {
+        KeyRing { keys: vec![key] }
+    }
+
+    /// The key new objects are written with.
+    pub fn primary(&self) -> &CustomerKey {
+        &self.keys[0]
+    }
+
+    /// The key at `index` (0 is the primary), if the ring has one there.
+    pub fn get(&self, index: u8) -> Option<&CustomerKey> {
+        self.keys.get(index as usize)
+    }
+
+    /// Where the key with this fingerprint sits in the ring.
+    pub fn position(&self, fingerprint: &str) -> Option<u8> {
+        self.keys
+            .iter()
+            .position(|k| k.fingerprint() == fingerprint)
+            .map(|i| i as u8)
+    }
+
+    /// Number of keys (at least one).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Always false: a ring has at least one key (clippy's `len` without `is_empty`).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys in ring order.
+    pub fn iter(&self) -> impl Iterator<Item = &CustomerKey> {
+        self.keys.iter()
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.keys.iter()).finish()
     }
 }
 
@@ -323,5 +493,75 @@ mod tests {
         let again = CustomerKey::load(&p).unwrap();
         assert_eq!(again.raw(), k.raw());
         assert!(generate_key_file(&p).is_err());
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn key_ring_file_holds_one_key_per_line_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "# new key first\n{}\n\n  {}  \n",
+            b64(&[1u8; 32]),
+            b64(&[2u8; 32])
+        );
+        let p = write_key(&dir, text.as_bytes(), 0o600);
+        let ring = KeyRing::load(std::slice::from_ref(&p)).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring.primary().raw(), &[1u8; 32]);
+        assert_eq!(ring.get(1).unwrap().raw(), &[2u8; 32]);
+        assert!(ring.get(2).is_none());
+        let fp = ring.get(1).unwrap().fingerprint().to_owned();
+        assert_eq!(ring.position(&fp), Some(1));
+        // a single-key file is a ring of one; several files add up in order
+        let q = dir.path().join("third");
+        std::fs::write(&q, format!("{}\n", b64(&[3u8; 32]))).unwrap();
+        std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ring = KeyRing::load(&[q, p]).unwrap();
+        assert_eq!(ring.len(), 3);
+        assert_eq!(ring.primary().raw(), &[3u8; 32]);
+        assert!(!format!("{ring:?}").contains(&b64(&[3u8; 32])));
+    }
+
+    #[test]
+    fn key_ring_refuses_duplicates_bad_lines_and_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{}\n{}\n", b64(&[1u8; 32]), b64(&[1u8; 32]));
+        let p = write_key(&dir, text.as_bytes(), 0o600);
+        let err = KeyRing::load(std::slice::from_ref(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("same key") && err.contains("twice"), "{err}");
+        assert!(!err.contains(&b64(&[1u8; 32])), "{err}");
+
+        let text = format!("{}\n{}\n", b64(&[1u8; 32]), b64(&[2u8; 16]));
+        std::fs::write(&p, text).unwrap();
+        let err = KeyRing::load(std::slice::from_ref(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("16 bytes"), "{err}");
+
+        let err = KeyRing::load(&[]).unwrap_err().to_string();
+        assert!(err.contains("--key-file"), "{err}");
+
+        std::fs::write(&p, "# only a comment\n\n").unwrap();
+        let err = KeyRing::load(std::slice::from_ref(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key file") && err.contains("base64"), "{err}");
+    }
+
+    #[test]
+    fn thirty_three_bytes_is_no_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = vec![7u8; 33];
+        raw[10] = b'\n';
+        let p = write_key(&dir, &raw, 0o600);
+        let err = KeyRing::load(std::slice::from_ref(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("33 bytes"), "{err}");
     }
 }

@@ -21,7 +21,7 @@ use clap::Parser;
 use crate::cache::arena::{forbid_core_dumps, Arena};
 use crate::cli::{self, CheckArgs, Cli, Command, ConnectionArgs, MountArgs, RotateArgs};
 use crate::fs::{Fs, FsConfig};
-use crate::key::CustomerKey;
+use crate::key::{CustomerKey, KeyRing};
 use crate::s3::aws::{build_client, AwsStore, Connection};
 use crate::s3::{ObjectStore, S3Error};
 use crate::upload::UploadConfig;
@@ -158,19 +158,8 @@ impl Write for SyslogWriter {
     }
 }
 
-fn load_key(conn: &ConnectionArgs) -> Result<CustomerKey, String> {
-    let path = match conn.key_file.as_slice() {
-        [] => return Err("a key file is required: --key-file PATH".into()),
-        [one] => one,
-        _ => {
-            return Err(
-                "only one --key-file is supported for now (key rings are not implemented); \
-                 re-encrypt old objects with `ssecfs rotate --from OLD --to NEW`"
-                    .into(),
-            )
-        }
-    };
-    CustomerKey::load(path).map_err(|e| e.to_string())
+fn load_ring(conn: &ConnectionArgs) -> Result<KeyRing, String> {
+    KeyRing::load(&conn.key_file).map_err(|e| e.to_string())
 }
 
 fn connection(conn: &ConnectionArgs) -> Result<Connection, String> {
@@ -192,13 +181,14 @@ fn connection(conn: &ConnectionArgs) -> Result<Connection, String> {
         path_style: conn.path_style,
         allow_http: conn.allow_http,
         profile: conn.profile.clone(),
+        ca_bundle: conn.ca_bundle.clone(),
     })
 }
 
 async fn connect(
     conn: &ConnectionArgs,
     bucket: &str,
-    key: CustomerKey,
+    ring: KeyRing,
 ) -> Result<Arc<AwsStore>, String> {
     let client = build_client(&connection(conn)?)
         .await
@@ -206,7 +196,7 @@ async fn connect(
     Ok(Arc::new(AwsStore::new(
         client,
         bucket.to_owned(),
-        Arc::new(key),
+        Arc::new(ring),
     )))
 }
 
@@ -267,11 +257,11 @@ async fn preflight(
 
 fn check(args: CheckArgs) -> ExitCode {
     init_logging("warn", LogTarget::Stderr);
-    let key = match load_key(&args.conn) {
+    let ring = match load_ring(&args.conn) {
         Ok(k) => k,
         Err(e) => return fail(&e),
     };
-    let fp = key.fingerprint().to_owned();
+    let fps: Vec<String> = ring.iter().map(|k| k.fingerprint().to_owned()).collect();
     let (bucket, prefix) = cli::split_source(&args.source);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -279,8 +269,11 @@ fn check(args: CheckArgs) -> ExitCode {
         .expect("tokio runtime");
     let endpoint = args.conn.endpoint.clone().unwrap_or_else(|| "AWS".into());
     let result: Result<(), String> = rt.block_on(async {
-        let store = connect(&args.conn, &bucket, key).await?;
-        println!("key fingerprint {fp}");
+        let store = connect(&args.conn, &bucket, ring).await?;
+        println!("key fingerprint {} (seals new writes)", fps[0]);
+        for fp in &fps[1..] {
+            println!("key fingerprint {fp} (opens older objects)");
+        }
         preflight(&store, &format_prefix(&prefix), &endpoint, true).await?;
         println!("ok   endpoint reachable, credentials valid, bucket `{bucket}` exists");
         let probe = format!("{}.ssecfs-check-{}", format_prefix(&prefix), std::process::id());
@@ -322,39 +315,48 @@ fn check(args: CheckArgs) -> ExitCode {
 
 fn rotate(args: RotateArgs) -> ExitCode {
     init_logging("warn", LogTarget::Stderr);
-    let (from, to) = match (CustomerKey::load(&args.from), CustomerKey::load(&args.to)) {
-        (Ok(f), Ok(t)) => (Arc::new(f), t),
-        (Err(e), _) | (_, Err(e)) => return fail(&e.to_string()),
+    // The ring: the new key first (it seals the copies), then every old key.
+    let ring = (|| {
+        let to = CustomerKey::load(&args.to).map_err(|e| e.to_string())?;
+        let mut keys = vec![(to, format!("--to {}", args.to.display()))];
+        keys.extend(crate::key::read_keys(&args.from).map_err(|e| e.to_string())?);
+        KeyRing::new(keys).map_err(|e| e.to_string())
+    })();
+    let ring = match ring {
+        Ok(r) if r.len() > 1 => r,
+        Ok(_) => return fail("--from needs at least one key"),
+        Err(e) => return fail(&e),
     };
-    if from.fingerprint() == to.fingerprint() {
-        return fail("--from and --to are the same key");
-    }
     let (bucket, prefix) = cli::split_source(&args.source);
     let endpoint = args.conn.endpoint.clone().unwrap_or_else(|| "AWS".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    // A progress bar on a terminal only (indicatif hides itself otherwise).
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} objects ({per_sec}, eta {eta})",
+        )
+        .expect("static template"),
+    );
+    bar.set_prefix(if args.dry_run { "checking" } else { "rotating" });
     let result: Result<crate::s3::aws::RotateSummary, String> = rt.block_on(async {
-        let store = connect(&args.conn, &bucket, to).await?;
+        let store = connect(&args.conn, &bucket, ring).await?;
         store
-            .rotate_prefix(
-                &format_prefix(&prefix),
-                &from,
-                args.dry_run,
-                |done, total| {
-                    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                        eprint!("\rrotating: {done}/{total}");
-                    }
-                },
-            )
+            .rotate_prefix(&format_prefix(&prefix), args.dry_run, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
             .await
             .map_err(|e| explain(&e, &bucket, &endpoint))
     });
+    bar.finish_and_clear();
     match result {
         Ok(s) => {
             println!(
-                "{}rotated {}, already under the new key {}, plain (not SSE-C) {}, opened by neither key {}",
+                "{}rotated {}, already under the new key {}, plain (not SSE-C) {}, opened by no key {}",
                 if args.dry_run { "dry run: would have " } else { "" },
                 s.rotated,
                 s.already,
@@ -362,7 +364,7 @@ fn rotate(args: RotateArgs) -> ExitCode {
                 s.neither.len()
             );
             for k in s.neither.iter().take(20) {
-                println!("  neither key opens: {k}");
+                println!("  no key opens: {k}");
             }
             if s.neither.is_empty() {
                 ExitCode::SUCCESS
@@ -394,7 +396,7 @@ struct Prepared {
 }
 
 fn prepare(m: &MountArgs) -> Result<Prepared, String> {
-    drop(load_key(&m.conn)?);
+    drop(load_ring(&m.conn)?);
     connection(&m.conn)?;
     let (bucket, prefix) = cli::split_source(&m.source);
     if bucket.is_empty() {
@@ -544,7 +546,7 @@ fn redirect_stdio() {
 
 /// Mount and serve until unmounted; `ready` hears "OK" (and is closed) once the mount is live.
 fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
-    let key = load_key(&m.conn)?;
+    let ring = load_ring(&m.conn)?;
     let arena = Arena::new(prep.cache_size as usize, prep.shrink).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -554,7 +556,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let endpoint = m.conn.endpoint.clone().unwrap_or_else(|| "AWS".into());
     let store = rt.block_on(async {
-        let store = connect(&m.conn, &prep.bucket, key).await?;
+        let store = connect(&m.conn, &prep.bucket, ring).await?;
         preflight(&store, &format_prefix(&prep.prefix), &endpoint, m.force).await?;
         Ok::<_, String>(store)
     })?;

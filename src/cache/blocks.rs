@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use super::arena::{Arena, LockedBuf};
 use crate::fs::error::{FsError, FsResult};
-use crate::s3::ObjectStore;
+use crate::s3::{ObjectStore, Sealing};
 
 /// Block size for sequential reads and read-ahead.
 pub const LARGE_BLOCK: u64 = 1 << 20;
@@ -27,7 +27,7 @@ pub struct ObjectRef {
     pub key: String,
     pub etag: String,
     pub size: u64,
-    pub sse_c: bool,
+    pub sealing: Sealing,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -138,7 +138,7 @@ impl BlockCache {
                 let etag = (!obj.etag.is_empty()).then_some(obj.etag.as_str());
                 let n = self
                     .store
-                    .get_range(&obj.key, start, &mut buf, etag, obj.sse_c)
+                    .get_range(&obj.key, start, &mut buf, etag, obj.sealing)
                     .await?;
                 buf.set_len(n);
                 Ok::<_, FsError>(Arc::new(buf))
@@ -249,7 +249,7 @@ mod tests {
             key: "o".into(),
             etag: info.etag,
             size: info.size,
-            sse_c: true,
+            sealing: Sealing::PRIMARY,
         };
         let cache = BlockCache::new(
             Arc::new(mem.clone()),
@@ -288,7 +288,7 @@ mod tests {
             key: "o".into(),
             etag: info.etag,
             size: 4,
-            sse_c: true,
+            sealing: Sealing::PRIMARY,
         };
         let mut out = [0u8; 4];
         cache.read(&obj, 0, &mut out, SMALL_BLOCK).await.unwrap();
@@ -300,7 +300,7 @@ mod tests {
             key: "o".into(),
             etag: info.etag,
             size: 4,
-            sse_c: true,
+            sealing: Sealing::PRIMARY,
         };
         cache.read(&obj2, 0, &mut out, SMALL_BLOCK).await.unwrap();
         assert_eq!(&out, b"new!");

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
 
 use super::attr::{Attr, Kind};
+use crate::s3::Sealing;
 
 /// The root directory's inode number (FUSE's convention).
 pub const ROOT: u64 = 1;
@@ -26,7 +27,7 @@ pub struct Node {
     /// ETag of the object, when known.
     pub etag: String,
     /// The object is SSE-C (false: a plain object uploaded by another tool).
-    pub sse_c: bool,
+    pub sealing: Sealing,
     /// Kernel lookup count (entries handed out minus forgotten).
     pub lookups: u64,
     /// Open file handles.
@@ -76,7 +77,7 @@ impl Table {
                 fresh_until: far_future(),
                 remote: true,
                 etag: String::new(),
-                sse_c: true,
+                sealing: Sealing::PRIMARY,
                 lookups: 1,
                 open: 0,
                 link_target: None,
@@ -264,7 +265,7 @@ mod tests {
             fresh_until: Instant::now(),
             remote: true,
             etag: String::new(),
-            sse_c: true,
+            sealing: Sealing::PRIMARY,
             lookups: 0,
             open: 0,
             link_target: None,

@@ -25,7 +25,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::cache::arena::{Arena, LockedBuf};
 use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK, SMALL_BLOCK};
-use crate::s3::{ObjectInfo, ObjectStore, S3Error, S3Result};
+use crate::s3::{ObjectInfo, ObjectStore, S3Error, S3Result, Sealing};
 use crate::upload::file::{Target, WriteContext};
 use crate::upload::{DirtyFile, UploadConfig};
 use attr::{Attr, Defaults, Kind};
@@ -313,7 +313,7 @@ impl Fs {
     }
 
     fn file_node(&self, info: &ObjectInfo, key: &str) -> Node {
-        if !info.sse_c {
+        if info.sealing == Sealing::Plain {
             self.warn_once(key, "object is stored without SSE-C (uploaded by another tool); reading it as is, it will be encrypted when next written");
         }
         Node {
@@ -329,7 +329,7 @@ impl Fs {
             fresh_until: Instant::now() + self.cfg.attr_ttl,
             remote: true,
             etag: info.etag.clone(),
-            sse_c: info.sse_c,
+            sealing: info.sealing,
             lookups: 0,
             open: 0,
             link_target: None,
@@ -344,7 +344,7 @@ impl Fs {
             fresh_until: inode::far_future(),
             remote,
             etag: String::new(),
-            sse_c: true,
+            sealing: Sealing::PRIMARY,
             lookups: 0,
             open: 0,
             link_target: None,
@@ -537,17 +537,17 @@ impl Fs {
         }
         let base = if node.remote {
             let key = self.file_key(ino)?;
-            let (etag, size, sse_c) = if node.etag.is_empty() {
+            let (etag, size, sealing) = if node.etag.is_empty() {
                 let info = self.store.head(&key).await?;
-                (info.etag, info.size, info.sse_c)
+                (info.etag, info.size, info.sealing)
             } else {
-                (node.etag.clone(), node.attr.size, node.sse_c)
+                (node.etag.clone(), node.attr.size, node.sealing)
             };
             Some(ObjectRef {
                 key,
                 etag,
                 size,
-                sse_c,
+                sealing,
             })
         } else {
             None
@@ -587,7 +587,7 @@ impl Fs {
             let n = t.get_mut(ino).ok_or(FsError::BadHandle)?;
             n.remote = true;
             n.etag = obj.etag.clone();
-            n.sse_c = true;
+            n.sealing = Sealing::PRIMARY;
             n.attr.size = obj.size;
             if let Some(m) = &kept {
                 // what the server holds is what we report
@@ -706,7 +706,7 @@ impl Fs {
             key: self.file_key(ino)?,
             etag: node.etag.clone(),
             size: node.attr.size,
-            sse_c: node.sse_c,
+            sealing: node.sealing,
         };
         // Sequential or random? Grow the read-ahead window for sequential readers.
         let block = {
@@ -1186,7 +1186,7 @@ impl Fs {
                     attr.size,
                     &attr.to_metadata(),
                     true,
-                    node.sse_c,
+                    node.sealing,
                     self.cfg.upload.part_size,
                 )
                 .await?;
@@ -1198,13 +1198,13 @@ impl Fs {
                         key: key.clone(),
                         etag: etag.clone(),
                         size: attr.size,
-                        sse_c: true,
+                        sealing: Sealing::PRIMARY,
                     },
                 )
                 .await;
                 if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
                     n.etag = etag;
-                    n.sse_c = true;
+                    n.sealing = Sealing::PRIMARY;
                 }
             }
         }
@@ -1371,7 +1371,7 @@ impl Fs {
             .await?;
         let n = self
             .store
-            .get_range(&key, 0, &mut buf, None, node.sse_c)
+            .get_range(&key, 0, &mut buf, None, node.sealing)
             .await?;
         let target = String::from_utf8_lossy(&buf[..n]).into_owned();
         if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
@@ -1466,7 +1466,7 @@ impl Fs {
                 node.attr.size,
                 &node.attr.to_metadata(),
                 true,
-                node.sse_c,
+                node.sealing,
                 self.cfg.upload.part_size,
             )
             .await?;
@@ -1480,13 +1480,13 @@ impl Fs {
                     key: dst_key.clone(),
                     etag: etag.clone(),
                     size: node.attr.size,
-                    sse_c: true,
+                    sealing: Sealing::PRIMARY,
                 },
             )
             .await;
             if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
                 n.etag = etag;
-                n.sse_c = true;
+                n.sealing = Sealing::PRIMARY;
             }
         }
         if let Some(d) = dst {
@@ -1553,18 +1553,23 @@ impl Fs {
                         o.size,
                         &info.metadata,
                         true,
-                        info.sse_c,
+                        info.sealing,
                         self.cfg.upload.part_size,
                     )
                     .await?;
                 } else {
-                    let sse_c = match self.store.copy(&o.key, &to, None, true).await {
-                        Err(S3Error::WrongKey) => false,
-                        Err(e) => return Err(e.into()),
-                        Ok(_) => true,
-                    };
-                    if !sse_c {
-                        self.store.copy(&o.key, &to, None, false).await?;
+                    // Most objects are under the primary key; the others need HEAD to
+                    // find theirs (and their metadata, re-tagged with the new key).
+                    match self.store.copy(&o.key, &to, None, Sealing::PRIMARY).await {
+                        Err(S3Error::WrongKey) => {
+                            let info = self.store.head(&o.key).await?;
+                            self.store
+                                .copy(&o.key, &to, Some(&info.metadata), info.sealing)
+                                .await?;
+                        }
+                        other => {
+                            other?;
+                        }
                     }
                 }
                 Ok(())

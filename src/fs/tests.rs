@@ -132,6 +132,64 @@ async fn wrong_key_is_eacces_and_plain_objects_read() {
 }
 
 #[tokio::test]
+async fn key_ring_reads_old_objects_and_reseals_what_it_writes() {
+    let mem = MemStore::new("old");
+    let fs = fs_on(&mem);
+    write_file(&fs, ROOT, "kept", b"old data").await;
+    write_file(&fs, ROOT, "edited", b"old data").await;
+    write_file(&fs, ROOT, "chmoded", b"old data").await;
+    fs.mkdir(ROOT, "d", 0o755, 1000, 1000).await.unwrap();
+    let (d, _) = fs.lookup(ROOT, "d").await.unwrap();
+    write_file(&fs, d, "inner", b"inner").await;
+    // mount with the ring [new, old]
+    let ring = mem.with_ring(&["new", "old"]);
+    let fs = fs_on(&ring);
+    let (kept, _) = fs.lookup(ROOT, "kept").await.unwrap();
+    assert_eq!(read_all(&fs, kept).await, b"old data");
+    assert_eq!(mem.sealed_with("kept").as_deref(), Some("old"));
+    // an edit, a chmod and a directory rename each re-seal under the first key
+    let (edited, _) = fs.lookup(ROOT, "edited").await.unwrap();
+    let fh = fs.open(edited, true, false).await.unwrap();
+    fs.write(edited, 0, b"NEW").await.unwrap();
+    fs.flush(edited).await.unwrap();
+    fs.release(edited, fh).await.unwrap();
+    let (chmoded, _) = fs.lookup(ROOT, "chmoded").await.unwrap();
+    fs.setattr(
+        chmoded,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    fs.rename(ROOT, "d", ROOT, "e", false).await.unwrap();
+    write_file(&fs, ROOT, "fresh", b"new").await;
+    for (key, fp) in [
+        ("kept", "old"),
+        ("edited", "new"),
+        ("chmoded", "new"),
+        ("e/inner", "new"),
+        ("fresh", "new"),
+    ] {
+        assert_eq!(mem.sealed_with(key).as_deref(), Some(fp), "{key}");
+    }
+    assert_eq!(mem.raw("edited").unwrap(), b"NEW data");
+    assert_eq!(mem.raw("e/inner").unwrap(), b"inner");
+    // metadata names the key an object needs
+    let info = ring.head("chmoded").await.unwrap();
+    assert_eq!(info.metadata[crate::s3::KEY_FINGERPRINT_META], "new");
+    assert_eq!(info.sealing, Sealing::PRIMARY);
+    assert_eq!(ring.head("kept").await.unwrap().sealing, Sealing::Key(1));
+    // the new key alone no longer opens "kept", but opens everything rewritten
+    let only_new = fs_on(&mem.with_key("new"));
+    let err = only_new.lookup(ROOT, "kept").await.unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES);
+    let (e, _) = only_new.lookup(ROOT, "edited").await.unwrap();
+    assert_eq!(read_all(&only_new, e).await, b"NEW data");
+}
+
+#[tokio::test]
 async fn invalid_names_are_skipped_and_long_names_refused() {
     let mem = MemStore::new("k");
     mem.insert_plain("a//b", b"");

@@ -17,8 +17,9 @@ use bytes::Bytes;
 
 use super::{
     CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, S3Error, S3Result,
+    Sealing, KEY_FINGERPRINT_META,
 };
-use crate::key::CustomerKey;
+use crate::key::{CustomerKey, KeyRing};
 
 /// Adds the SSE-C trio (algorithm, key, key MD5) to a request builder.
 macro_rules! with_key {
@@ -40,35 +41,59 @@ macro_rules! with_source_key {
     };
 }
 
-/// S3 through aws-sdk-s3, bound to one bucket and one customer key.
+/// S3 through aws-sdk-s3, bound to one bucket and one key ring (the first key seals writes).
 pub struct AwsStore {
     client: aws_sdk_s3::Client,
     bucket: String,
-    key: Arc<CustomerKey>,
+    ring: Arc<KeyRing>,
 }
 
 impl std::fmt::Debug for AwsStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AwsStore")
             .field("bucket", &self.bucket)
-            .field("key", &self.key)
+            .field("keys", &self.ring)
             .finish()
     }
 }
 
 impl AwsStore {
     /// Wrap a configured client.
-    pub fn new(client: aws_sdk_s3::Client, bucket: String, key: Arc<CustomerKey>) -> AwsStore {
+    pub fn new(client: aws_sdk_s3::Client, bucket: String, ring: Arc<KeyRing>) -> AwsStore {
         AwsStore {
             client,
             bucket,
-            key,
+            ring,
         }
     }
 
-    /// Fingerprint of the customer key (safe to print).
+    /// Fingerprint of the key that seals new writes (safe to print).
     pub fn key_fingerprint(&self) -> &str {
-        self.key.fingerprint()
+        self.key().fingerprint()
+    }
+
+    /// The key every write is sealed with.
+    fn key(&self) -> &CustomerKey {
+        self.ring.primary()
+    }
+
+    /// The key that opens an object of this sealing (`None`: a plain object, no headers).
+    fn key_of(&self, sealing: Sealing) -> S3Result<Option<&CustomerKey>> {
+        match sealing {
+            Sealing::Plain => Ok(None),
+            Sealing::Key(i) => self.ring.get(i).map(Some).ok_or(S3Error::WrongKey),
+        }
+    }
+
+    /// Metadata as sent on a write: the caller's, plus the fingerprint of the sealing key.
+    fn sealed_meta(&self, meta: &Metadata) -> std::collections::HashMap<String, String> {
+        let mut m: std::collections::HashMap<String, String> =
+            meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        m.insert(
+            KEY_FINGERPRINT_META.to_owned(),
+            self.key().fingerprint().to_owned(),
+        );
+        m
     }
 
     /// The bucket this store talks to.
@@ -175,28 +200,35 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
 #[async_trait]
 impl ObjectStore for AwsStore {
     async fn head(&self, key: &str) -> S3Result<ObjectInfo> {
-        let keyed = with_key!(
-            self.client.head_object().bucket(&self.bucket).key(key),
-            self.key
-        )
-        .send()
-        .await;
-        let (out, sse_c) = match keyed {
-            Ok(out) => (out, true),
-            Err(e) => match map_err(e) {
-                // Maybe a plain object uploaded by another tool: ask without the key.
-                S3Error::WrongKey => match self
-                    .client
-                    .head_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .send()
-                    .await
-                {
-                    Ok(out) if out.sse_customer_algorithm().is_none() => (out, false),
-                    _ => return Err(S3Error::WrongKey),
-                },
-                other => return Err(other),
+        let mut found = None;
+        let mut first_err = None;
+        for (i, k) in self.ring.iter().enumerate() {
+            let req = self.client.head_object().bucket(&self.bucket).key(key);
+            match with_key!(req, k).send().await.map_err(map_err) {
+                Ok(out) => {
+                    found = Some((out, Sealing::Key(i as u8)));
+                    break;
+                }
+                // Garage says 400 for a wrong key, AWS 403: try the next key of the ring.
+                Err(e @ (S3Error::WrongKey | S3Error::AccessDenied(_))) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let (out, sealing) = match found {
+            Some(f) => f,
+            // Maybe a plain object uploaded by another tool: ask without a key.
+            None => match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(out) if out.sse_customer_algorithm().is_none() => (out, Sealing::Plain),
+                _ => return Err(first_err.unwrap_or(S3Error::WrongKey)),
             },
         };
         Ok(ObjectInfo {
@@ -211,7 +243,7 @@ impl ObjectStore for AwsStore {
                         .collect()
                 })
                 .unwrap_or_default(),
-            sse_c,
+            sealing,
         })
     }
 
@@ -221,7 +253,7 @@ impl ObjectStore for AwsStore {
         offset: u64,
         buf: &mut [u8],
         etag: Option<&str>,
-        sse_c: bool,
+        sealing: Sealing,
     ) -> S3Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -239,8 +271,8 @@ impl ObjectStore for AwsStore {
         if let Some(etag) = etag {
             req = req.if_match(etag);
         }
-        if sse_c {
-            req = with_key!(req, self.key);
+        if let Some(k) = self.key_of(sealing)? {
+            req = with_key!(req, k);
         }
         let out = match req.send().await {
             Ok(out) => out,
@@ -273,9 +305,9 @@ impl ObjectStore for AwsStore {
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
-                .set_metadata(Some(meta.clone().into_iter().collect()))
+                .set_metadata(Some(self.sealed_meta(meta)))
                 .body(ByteStream::from(body)),
-            self.key
+            self.key()
         );
         let out = req.send().await.map_err(map_err)?;
         Ok(out.e_tag().unwrap_or("").to_owned())
@@ -286,7 +318,7 @@ impl ObjectStore for AwsStore {
         src: &str,
         dst: &str,
         meta: Option<&Metadata>,
-        src_sse_c: bool,
+        src_sealing: Sealing,
     ) -> S3Result<String> {
         let mut req = with_key!(
             self.client
@@ -294,15 +326,25 @@ impl ObjectStore for AwsStore {
                 .bucket(&self.bucket)
                 .key(dst)
                 .copy_source(self.copy_source(src)),
-            self.key
+            self.key()
         );
-        if src_sse_c {
-            req = with_source_key!(req, self.key);
+        if let Some(k) = self.key_of(src_sealing)? {
+            req = with_source_key!(req, k);
         }
+        // Metadata names the sealing key: a copy from another key (or a plain object) must
+        // replace it, so "keep the source's" reads the source's metadata first.
+        let kept;
+        let meta = match meta {
+            None if src_sealing != Sealing::PRIMARY => {
+                kept = self.head(src).await?.metadata;
+                Some(&kept)
+            }
+            m => m,
+        };
         req = match meta {
             Some(m) => req
                 .metadata_directive(MetadataDirective::Replace)
-                .set_metadata(Some(m.clone().into_iter().collect())),
+                .set_metadata(Some(self.sealed_meta(m))),
             None => req.metadata_directive(MetadataDirective::Copy),
         };
         let out = req.send().await.map_err(map_err)?;
@@ -374,8 +416,8 @@ impl ObjectStore for AwsStore {
                 .create_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
-                .set_metadata(Some(meta.clone().into_iter().collect())),
-            self.key
+                .set_metadata(Some(self.sealed_meta(meta))),
+            self.key()
         )
         .send()
         .await
@@ -404,7 +446,7 @@ impl ObjectStore for AwsStore {
                 .upload_id(upload_id)
                 .part_number(number)
                 .body(ByteStream::from(body)),
-            self.key
+            self.key()
         )
         .send()
         .await
@@ -419,7 +461,7 @@ impl ObjectStore for AwsStore {
         number: i32,
         src: &str,
         range: std::ops::Range<u64>,
-        src_sse_c: bool,
+        src_sealing: Sealing,
     ) -> S3Result<String> {
         let mut req = with_key!(
             self.client
@@ -430,10 +472,10 @@ impl ObjectStore for AwsStore {
                 .part_number(number)
                 .copy_source(self.copy_source(src))
                 .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1)),
-            self.key
+            self.key()
         );
-        if src_sse_c {
-            req = with_source_key!(req, self.key);
+        if let Some(k) = self.key_of(src_sealing)? {
+            req = with_source_key!(req, k);
         }
         let out = req.send().await.map_err(map_err)?;
         Ok(out
@@ -469,7 +511,7 @@ impl ObjectStore for AwsStore {
                 .key(key)
                 .upload_id(upload_id)
                 .multipart_upload(upload),
-            self.key
+            self.key()
         )
         .send()
         .await
@@ -493,78 +535,32 @@ impl ObjectStore for AwsStore {
 /// What `rotate` did.
 #[derive(Debug, Default)]
 pub struct RotateSummary {
+    /// Objects re-encrypted from an old key to the new one (or that would be, in a dry run).
     pub rotated: u64,
+    /// Objects the new key already opens (rotated by an earlier, interrupted run).
     pub already: u64,
+    /// Objects stored without SSE-C (left alone: rotation never changes what a tool wrote).
     pub plain: u64,
+    /// Objects no key of the ring opens.
     pub neither: Vec<String>,
 }
 
-impl AwsStore {
-    /// Re-encrypt `key` in place from `from` to this store's key: CopyObject onto itself with
-    /// the old key as copy source and the new one as destination (UploadPartCopy above 5 GiB),
-    /// metadata kept. Nothing is downloaded.
-    async fn rekey(&self, key: &str, info: &ObjectInfo, from: &CustomerKey) -> S3Result<()> {
-        if info.size <= super::MAX_COPY_OBJECT {
-            let req = with_key!(
-                self.client
-                    .copy_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .copy_source(self.copy_source(key))
-                    .metadata_directive(MetadataDirective::Replace)
-                    .set_metadata(Some(info.metadata.clone().into_iter().collect())),
-                self.key
-            );
-            with_source_key!(req, from).send().await.map_err(map_err)?;
-            return Ok(());
-        }
-        let upload_id = self.create_multipart(key, &info.metadata).await?;
-        let part = (1u64 << 30).max(info.size.div_ceil(super::MAX_PARTS));
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < info.size {
-            let end = (start + part).min(info.size);
-            let number = parts.len() as i32 + 1;
-            let req = with_key!(
-                self.client
-                    .upload_part_copy()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .copy_source(self.copy_source(key))
-                    .copy_source_range(format!("bytes={}-{}", start, end - 1)),
-                self.key
-            );
-            match with_source_key!(req, from).send().await.map_err(map_err) {
-                Ok(out) => parts.push(CompletedPart {
-                    number,
-                    etag: out
-                        .copy_part_result()
-                        .and_then(|r| r.e_tag())
-                        .unwrap_or("")
-                        .to_owned(),
-                }),
-                Err(e) => {
-                    let _ = self.abort_multipart(key, &upload_id).await;
-                    return Err(e);
-                }
-            }
-            start = end;
-        }
-        self.complete_multipart(key, &upload_id, parts).await?;
-        Ok(())
-    }
+/// How many objects `rotate` re-encrypts at once.
+const ROTATE_CONCURRENCY: usize = 8;
 
-    /// Rotate every object under `prefix` from `from` to this store's key. Objects the new
-    /// key already opens are skipped, so an interrupted run resumes where it stopped.
+impl AwsStore {
+    /// Rotate every object under `prefix` to the ring's primary key (the `--to` key), from
+    /// whichever other key of the ring opens it: CopyObject onto itself (UploadPartCopy above
+    /// 5 GiB) with the old key as copy source, metadata kept but for the key fingerprint.
+    /// Nothing is downloaded. Objects the primary key already opens are skipped, so an
+    /// interrupted run resumes where it stopped. `progress(done, total)` follows along.
     pub async fn rotate_prefix(
         &self,
         prefix: &str,
-        from: &Arc<CustomerKey>,
         dry_run: bool,
         progress: impl Fn(u64, u64),
     ) -> S3Result<RotateSummary> {
+        use futures::StreamExt;
         let mut keys = Vec::new();
         let mut token = None;
         loop {
@@ -575,33 +571,54 @@ impl AwsStore {
                 None => break,
             }
         }
-        let old = AwsStore::new(self.client.clone(), self.bucket.clone(), from.clone());
         let total = keys.len() as u64;
         let mut s = RotateSummary::default();
-        for (i, key) in keys.iter().enumerate() {
-            progress(i as u64, total);
-            match self.head(key).await {
-                Ok(info) if info.sse_c => s.already += 1,
-                Ok(_) => s.plain += 1,
-                Err(S3Error::WrongKey | S3Error::AccessDenied(_)) => match old.head(key).await {
-                    Ok(info) => {
-                        if !dry_run {
-                            self.rekey(key, &info, from).await?;
-                        }
-                        s.rotated += 1;
-                    }
-                    Err(S3Error::WrongKey | S3Error::AccessDenied(_)) => {
-                        s.neither.push(key.clone())
-                    }
-                    Err(S3Error::NotFound) => {}
-                    Err(e) => return Err(e),
-                },
-                Err(S3Error::NotFound) => {}
-                Err(e) => return Err(e),
+        progress(0, total);
+        let mut results = futures::stream::iter(keys)
+            .map(|key| async move {
+                let outcome = self.rotate_one(&key, dry_run).await;
+                (key, outcome)
+            })
+            .buffer_unordered(ROTATE_CONCURRENCY);
+        let mut done = 0;
+        while let Some((key, outcome)) = results.next().await {
+            match outcome? {
+                Some(Sealing::PRIMARY) => s.already += 1,
+                Some(Sealing::Plain) => s.plain += 1,
+                Some(Sealing::Key(_)) => s.rotated += 1,
+                None => s.neither.push(key),
             }
+            done += 1;
+            progress(done, total);
         }
-        progress(total, total);
+        s.neither.sort();
         Ok(s)
+    }
+
+    /// Rotate one object; returns the sealing it had (`None`: no key opens it, reported rather
+    /// than an error so one odd object does not stop the run; one deleted meanwhile counts as
+    /// done).
+    async fn rotate_one(&self, key: &str, dry_run: bool) -> S3Result<Option<Sealing>> {
+        let info = match self.head(key).await {
+            Ok(info) => info,
+            Err(S3Error::WrongKey | S3Error::AccessDenied(_)) => return Ok(None),
+            Err(S3Error::NotFound) => return Ok(Some(Sealing::PRIMARY)),
+            Err(e) => return Err(e),
+        };
+        if matches!(info.sealing, Sealing::Key(i) if i > 0) && !dry_run {
+            super::copy_any_size(
+                self,
+                key,
+                key,
+                info.size,
+                &info.metadata,
+                true,
+                info.sealing,
+                1 << 30,
+            )
+            .await?;
+        }
+        Ok(Some(info.sealing))
     }
 }
 
@@ -613,6 +630,9 @@ pub struct Connection {
     pub path_style: bool,
     pub allow_http: bool,
     pub profile: Option<String>,
+    /// Extra PEM certificates to trust (a private CA or a self-signed server), on top of the
+    /// system's roots.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// Why a connection could not be configured.
@@ -625,6 +645,35 @@ pub enum ConnectError {
     PlainHttp(String),
     #[error("endpoint {0} is not an http:// or https:// URL")]
     BadEndpoint(String),
+    #[error("CA bundle {path}: {problem}")]
+    CaBundle { path: String, problem: String },
+}
+
+/// The HTTPS client trusting `--ca-bundle` on top of the system roots.
+fn https_client_with_ca(
+    path: &std::path::Path,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, ConnectError> {
+    use aws_smithy_http_client::tls;
+    let bad = |problem: String| ConnectError::CaBundle {
+        path: path.display().to_string(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(bad(
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
 }
 
 /// Build an S3 client from the standard AWS chain plus our connection options.
@@ -668,6 +717,9 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
     if let Some(ep) = endpoint {
         b = b.endpoint_url(ep);
     }
+    if let Some(ca) = &conn.ca_bundle {
+        b = b.http_client(https_client_with_ca(ca)?);
+    }
     Ok(aws_sdk_s3::Client::from_conf(b.build()))
 }
 
@@ -685,12 +737,20 @@ mod tests {
     const SRC_KEY: &str = "x-amz-copy-source-server-side-encryption-customer-key";
     const SRC_MD5: &str = "x-amz-copy-source-server-side-encryption-customer-key-md5";
 
-    fn key() -> Arc<CustomerKey> {
-        Arc::new(CustomerKey::from_bytes(&[9u8; 32]).unwrap())
+    fn key() -> CustomerKey {
+        CustomerKey::from_bytes(&[9u8; 32]).unwrap()
     }
 
-    fn store(
-        k: Arc<CustomerKey>,
+    /// A store whose only key is [`key`].
+    fn store() -> (
+        AwsStore,
+        aws_smithy_http_client::test_util::CaptureRequestReceiver,
+    ) {
+        ring_store(KeyRing::single(key()))
+    }
+
+    fn ring_store(
+        ring: KeyRing,
     ) -> (
         AwsStore,
         aws_smithy_http_client::test_util::CaptureRequestReceiver,
@@ -707,7 +767,11 @@ mod tests {
             .force_path_style(true)
             .build();
         (
-            AwsStore::new(aws_sdk_s3::Client::from_conf(conf), "b".into(), k),
+            AwsStore::new(
+                aws_sdk_s3::Client::from_conf(conf),
+                "b".into(),
+                Arc::new(ring),
+            ),
             rx,
         )
     }
@@ -732,22 +796,22 @@ mod tests {
         let meta = Metadata::new();
         let mut buf = [0u8; 10];
 
-        let (s, rx) = store(k.clone());
+        let (s, rx) = store();
         let _ = s.head("a").await;
         assert_trio(&rx.expect_request(), &k, false);
 
-        let (s, rx) = store(k.clone());
-        let _ = s.get_range("a", 5, &mut buf, None, true).await;
+        let (s, rx) = store();
+        let _ = s.get_range("a", 5, &mut buf, None, Sealing::PRIMARY).await;
         let req = rx.expect_request();
         assert_trio(&req, &k, false);
         assert_eq!(req.headers().get("range"), Some("bytes=5-14"));
 
-        let (s, rx) = store(k.clone());
+        let (s, rx) = store();
         let _ = s.put("a", Bytes::from_static(b"x"), &meta).await;
         assert_trio(&rx.expect_request(), &k, false);
 
-        let (s, rx) = store(k.clone());
-        let _ = s.copy("a", "b c", Some(&meta), true).await;
+        let (s, rx) = store();
+        let _ = s.copy("a", "b c", Some(&meta), Sealing::PRIMARY).await;
         let req = rx.expect_request();
         assert_trio(&req, &k, true);
         assert_eq!(req.headers().get("x-amz-copy-source"), Some("b/a"));
@@ -756,17 +820,17 @@ mod tests {
             Some("REPLACE")
         );
 
-        let (s, rx) = store(k.clone());
+        let (s, rx) = store();
         let _ = s.create_multipart("a", &meta).await;
         assert_trio(&rx.expect_request(), &k, false);
 
-        let (s, rx) = store(k.clone());
+        let (s, rx) = store();
         let _ = s.upload_part("a", "u", 1, Bytes::from_static(b"x")).await;
         assert_trio(&rx.expect_request(), &k, false);
 
-        let (s, rx) = store(k.clone());
+        let (s, rx) = store();
         let _ = s
-            .upload_part_copy("a", "u", 1, "src key", 0..10, true)
+            .upload_part_copy("a", "u", 1, "src key", 0..10, Sealing::PRIMARY)
             .await;
         let req = rx.expect_request();
         assert_trio(&req, &k, true);
@@ -776,7 +840,7 @@ mod tests {
             Some("bytes=0-9")
         );
 
-        let (s, rx) = store(k.clone());
+        let (s, rx) = store();
         let _ = s
             .complete_multipart(
                 "a",
@@ -788,6 +852,63 @@ mod tests {
             )
             .await;
         assert_trio(&rx.expect_request(), &k, false);
+    }
+
+    #[tokio::test]
+    async fn writes_name_their_key_and_old_keys_open_copy_sources() {
+        let new = CustomerKey::from_bytes(&[1u8; 32]).unwrap();
+        let old = CustomerKey::from_bytes(&[2u8; 32]).unwrap();
+        let (new_fp, old_b64) = (new.fingerprint().to_owned(), old.base64().to_owned());
+        let ring = || {
+            KeyRing::new(vec![
+                (CustomerKey::from_bytes(&[1u8; 32]).unwrap(), "new".into()),
+                (CustomerKey::from_bytes(&[2u8; 32]).unwrap(), "old".into()),
+            ])
+            .unwrap()
+        };
+        let meta_fp = format!("x-amz-meta-{KEY_FINGERPRINT_META}");
+
+        let (s, rx) = ring_store(ring());
+        let _ = s.put("a", Bytes::from_static(b"x"), &Metadata::new()).await;
+        let req = rx.expect_request();
+        assert_trio(&req, &new, false);
+        assert_eq!(req.headers().get(meta_fp.as_str()), Some(new_fp.as_str()));
+
+        let (s, rx) = ring_store(ring());
+        let _ = s.create_multipart("a", &Metadata::new()).await;
+        let req = rx.expect_request();
+        assert_eq!(req.headers().get(meta_fp.as_str()), Some(new_fp.as_str()));
+
+        // a copy from an object under the old key: source trio of the old key, destination
+        // sealed (and tagged) with the new one
+        let (s, rx) = ring_store(ring());
+        let _ = s
+            .copy("a", "b", Some(&Metadata::new()), Sealing::Key(1))
+            .await;
+        let req = rx.expect_request();
+        assert_eq!(req.headers().get(KEY), Some(new.base64()));
+        assert_eq!(req.headers().get(SRC_KEY), Some(old_b64.as_str()));
+        assert_eq!(req.headers().get(meta_fp.as_str()), Some(new_fp.as_str()));
+
+        let (s, rx) = ring_store(ring());
+        let mut buf = [0u8; 4];
+        let _ = s.get_range("a", 0, &mut buf, None, Sealing::Key(1)).await;
+        assert_eq!(
+            rx.expect_request().headers().get(KEY),
+            Some(old_b64.as_str())
+        );
+
+        // a plain object is read and copied without key headers on its side
+        let (s, rx) = ring_store(ring());
+        let _ = s.get_range("a", 0, &mut buf, None, Sealing::Plain).await;
+        assert!(rx.expect_request().headers().get(KEY).is_none());
+        let (s, rx) = ring_store(ring());
+        let _ = s
+            .upload_part_copy("a", "u", 1, "src", 0..4, Sealing::Plain)
+            .await;
+        let req = rx.expect_request();
+        assert!(req.headers().get(SRC_KEY).is_none());
+        assert_eq!(req.headers().get(KEY), Some(new.base64()));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::{
     CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, S3Error, S3Result,
+    Sealing, KEY_FINGERPRINT_META,
 };
 
 #[derive(Clone)]
@@ -40,7 +41,8 @@ struct State {
 #[derive(Clone)]
 pub struct MemStore {
     state: Arc<Mutex<State>>,
-    key_fp: String,
+    /// fingerprints of the key ring; the first seals writes
+    ring: Vec<String>,
 }
 
 impl MemStore {
@@ -48,16 +50,31 @@ impl MemStore {
     pub fn new(key_fp: &str) -> MemStore {
         MemStore {
             state: Arc::default(),
-            key_fp: key_fp.to_owned(),
+            ring: vec![key_fp.to_owned()],
         }
     }
 
     /// Another client on the same bucket with another key.
     pub fn with_key(&self, key_fp: &str) -> MemStore {
+        self.with_ring(&[key_fp])
+    }
+
+    /// Another client on the same bucket with a key ring (the first key seals writes).
+    pub fn with_ring(&self, fps: &[&str]) -> MemStore {
         MemStore {
             state: self.state.clone(),
-            key_fp: key_fp.to_owned(),
+            ring: fps.iter().map(|f| f.to_string()).collect(),
         }
+    }
+
+    /// Fingerprint of the key an object is sealed with (None: plain or missing).
+    pub fn sealed_with(&self, key: &str) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .get(key)
+            .and_then(|o| o.key_fp.clone())
     }
 
     /// Requests made so far, by operation name.
@@ -101,15 +118,29 @@ impl MemStore {
         *st.counts.entry(op).or_default() += 1;
     }
 
-    fn check_key(&self, o: &Obj, sse_c: bool) -> S3Result<()> {
-        match (&o.key_fp, sse_c) {
-            (Some(fp), true) if *fp == self.key_fp => Ok(()),
-            (None, false) => Ok(()),
+    fn check_key(&self, o: &Obj, sealing: Sealing) -> S3Result<()> {
+        match (&o.key_fp, sealing) {
+            (Some(fp), Sealing::Key(i)) if self.ring.get(i as usize) == Some(fp) => Ok(()),
+            (None, Sealing::Plain) => Ok(()),
             _ => Err(S3Error::WrongKey),
         }
     }
 
-    fn store(&self, st: &mut State, key: &str, data: Vec<u8>, meta: Metadata) -> String {
+    /// What HEAD finds: the ring key that opens `o`, or plain.
+    fn sealing_of(&self, o: &Obj) -> S3Result<Sealing> {
+        match &o.key_fp {
+            None => Ok(Sealing::Plain),
+            Some(fp) => self
+                .ring
+                .iter()
+                .position(|r| r == fp)
+                .map(|i| Sealing::Key(i as u8))
+                .ok_or(S3Error::WrongKey),
+        }
+    }
+
+    fn store(&self, st: &mut State, key: &str, data: Vec<u8>, mut meta: Metadata) -> String {
+        meta.insert(KEY_FINGERPRINT_META.to_owned(), self.ring[0].clone());
         st.next += 1;
         let etag = format!("\"e{}\"", st.next);
         st.objects.insert(
@@ -118,7 +149,7 @@ impl MemStore {
                 data,
                 meta,
                 etag: etag.clone(),
-                key_fp: Some(self.key_fp.clone()),
+                key_fp: Some(self.ring[0].clone()),
                 modified: SystemTime::now(),
             },
         );
@@ -132,14 +163,13 @@ impl ObjectStore for MemStore {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "head");
         let o = st.objects.get(key).ok_or(S3Error::NotFound)?;
-        let sse_c = o.key_fp.is_some();
-        self.check_key(o, sse_c)?;
+        let sealing = self.sealing_of(o)?;
         Ok(ObjectInfo {
             size: o.data.len() as u64,
             etag: o.etag.clone(),
             last_modified: o.modified,
             metadata: o.meta.clone(),
-            sse_c,
+            sealing,
         })
     }
 
@@ -149,12 +179,12 @@ impl ObjectStore for MemStore {
         offset: u64,
         buf: &mut [u8],
         etag: Option<&str>,
-        sse_c: bool,
+        sealing: Sealing,
     ) -> S3Result<usize> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "get");
         let o = st.objects.get(key).ok_or(S3Error::NotFound)?;
-        self.check_key(o, sse_c)?;
+        self.check_key(o, sealing)?;
         if etag.is_some_and(|e| e != o.etag) {
             return Err(S3Error::PreconditionFailed);
         }
@@ -178,12 +208,12 @@ impl ObjectStore for MemStore {
         src: &str,
         dst: &str,
         meta: Option<&Metadata>,
-        src_sse_c: bool,
+        src_sealing: Sealing,
     ) -> S3Result<String> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "copy");
         let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
-        self.check_key(&o, src_sse_c)?;
+        self.check_key(&o, src_sealing)?;
         let meta = meta.cloned().unwrap_or(o.meta);
         Ok(self.store(&mut st, dst, o.data, meta))
     }
@@ -279,12 +309,12 @@ impl ObjectStore for MemStore {
         number: i32,
         src: &str,
         range: std::ops::Range<u64>,
-        src_sse_c: bool,
+        src_sealing: Sealing,
     ) -> S3Result<String> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "upload_part_copy");
         let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
-        self.check_key(&o, src_sse_c)?;
+        self.check_key(&o, src_sealing)?;
         let data = o
             .data
             .get(range.start as usize..range.end as usize)

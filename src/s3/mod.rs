@@ -21,6 +21,32 @@ use bytes::Bytes;
 /// User metadata (`x-amz-meta-*` without the prefix, lower case).
 pub type Metadata = BTreeMap<String, String>;
 
+/// Which key seals an object: none (a plain object another tool uploaded) or one key of the
+/// ring. Recorded when HEAD finds the key that opens an object, so reads and copies send the
+/// right key at once instead of trying the ring again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sealing {
+    /// Stored without SSE-C: read without key headers (writes never produce this).
+    Plain,
+    /// Sealed with the ring key at this index; 0 is the key every new write uses.
+    Key(u8),
+}
+
+impl Sealing {
+    /// The ring's first key: the one new objects are written with.
+    pub const PRIMARY: Sealing = Sealing::Key(0);
+}
+
+impl Default for Sealing {
+    fn default() -> Sealing {
+        Sealing::PRIMARY
+    }
+}
+
+/// User-metadata name (`x-amz-meta-ssecfs-key`) holding the fingerprint of the key an object
+/// was written with, so tools (and `rotate`) can tell which key an object needs.
+pub const KEY_FINGERPRINT_META: &str = "ssecfs-key";
+
 /// What HEAD tells about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -28,8 +54,8 @@ pub struct ObjectInfo {
     pub etag: String,
     pub last_modified: SystemTime,
     pub metadata: Metadata,
-    /// The object was stored with SSE-C (false: a plain object another tool uploaded).
-    pub sse_c: bool,
+    /// Which key opened it (`Plain`: an object another tool uploaded without SSE-C).
+    pub sealing: Sealing,
 }
 
 /// One object of a listing.
@@ -99,33 +125,34 @@ pub type S3Result<T> = Result<T, S3Error>;
 /// Everything the filesystem needs from S3, with the customer key bound in.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    /// HEAD with the key. A 400 answer means the key does not open the object; the store then
-    /// retries without key headers to tell a plain object (`sse_c == false`) from a wrong key.
+    /// HEAD with the ring's keys in order until one opens the object, then without key headers
+    /// to recognise a plain object; `WrongKey` when nothing opens it.
     async fn head(&self, key: &str) -> S3Result<ObjectInfo>;
 
     /// Ranged GET with the key, written into `buf` (whose length is the range length). When
     /// `etag` is given the read fails with `PreconditionFailed` if the object changed. Returns
-    /// the bytes written (short at end of object). `sse_c == false` reads a plain object.
+    /// the bytes written (short at end of object). `sealing` is what [`ObjectStore::head`] found.
     async fn get_range(
         &self,
         key: &str,
         offset: u64,
         buf: &mut [u8],
         etag: Option<&str>,
-        sse_c: bool,
+        sealing: Sealing,
     ) -> S3Result<usize>;
 
     /// PutObject with the key and metadata; returns the new ETag.
     async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String>;
 
-    /// CopyObject `src` → `dst` with both key trios. `meta` given: replace metadata (the way
-    /// chmod/utimens work); `None`: keep the source's. Sources up to 5 GiB.
+    /// CopyObject `src` → `dst` with both key trios; the copy is sealed with the primary key.
+    /// `meta` given: replace metadata (the way chmod/utimens work); `None`: keep the source's.
+    /// Sources up to 5 GiB.
     async fn copy(
         &self,
         src: &str,
         dst: &str,
         meta: Option<&Metadata>,
-        src_sse_c: bool,
+        src_sealing: Sealing,
     ) -> S3Result<String>;
 
     async fn delete(&self, key: &str) -> S3Result<()>;
@@ -157,7 +184,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         number: i32,
         src: &str,
         range: std::ops::Range<u64>,
-        src_sse_c: bool,
+        src_sealing: Sealing,
     ) -> S3Result<String>;
 
     async fn complete_multipart(
@@ -187,12 +214,12 @@ pub async fn copy_any_size(
     size: u64,
     meta: &Metadata,
     replace_meta: bool,
-    src_sse_c: bool,
+    src_sealing: Sealing,
     part_size: u64,
 ) -> S3Result<String> {
     if size <= MAX_COPY_OBJECT {
         return store
-            .copy(src, dst, replace_meta.then_some(meta), src_sse_c)
+            .copy(src, dst, replace_meta.then_some(meta), src_sealing)
             .await;
     }
     let part = part_size.max(size.div_ceil(MAX_PARTS)).max(MIN_PART);
@@ -204,7 +231,7 @@ pub async fn copy_any_size(
         while start < size {
             let end = (start + part).min(size);
             let etag = store
-                .upload_part_copy(dst, &upload_id, number, src, start..end, src_sse_c)
+                .upload_part_copy(dst, &upload_id, number, src, start..end, src_sealing)
                 .await?;
             parts.push(CompletedPart { number, etag });
             start = end;

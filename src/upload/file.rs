@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::cache::arena::{Arena, LockedBuf};
 use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK};
 use crate::fs::error::{FsError, FsResult};
-use crate::s3::{CompletedPart, Metadata, ObjectStore, S3Error, MAX_PARTS, MIN_PART};
+use crate::s3::{CompletedPart, Metadata, ObjectStore, S3Error, Sealing, MAX_PARTS, MIN_PART};
 
 /// Upload tuning shared by all files.
 #[derive(Debug, Clone, Copy)]
@@ -417,7 +417,7 @@ impl DirtyFile {
             key: target.key.clone(),
             etag,
             size: self.size,
-            sse_c: true,
+            sealing: Sealing::PRIMARY,
         };
         self.base = Some(obj.clone());
         self.base_valid = self.size;
@@ -519,7 +519,7 @@ impl DirtyFile {
                                     number,
                                     &base.key,
                                     s..e,
-                                    base.sse_c,
+                                    base.sealing,
                                 )
                                 .await?
                         }
@@ -563,7 +563,7 @@ impl DirtyFile {
                         self.size,
                         &target.meta,
                         true,
-                        true,
+                        Sealing::PRIMARY,
                         self.part,
                     )
                     .await?;
@@ -682,7 +682,7 @@ mod tests {
             key: "big".into(),
             etag: info.etag,
             size: info.size,
-            sse_c: true,
+            sealing: Sealing::PRIMARY,
         };
         let before = mem.uploaded_bytes();
         let mut f = DirtyFile::new(Some(base), &c.config);
