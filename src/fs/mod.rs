@@ -479,7 +479,7 @@ impl Fs {
 
     fn head_error(&self, key: &str, e: S3Error) -> FsError {
         if matches!(e, S3Error::WrongKey) {
-            self.warn_once(key, "the customer key does not open this object (it was written with another key); access denied");
+            self.warn_once(key, "no key given (--key-file) opens this object: it was written with another key; access denied");
         }
         e.into()
     }
