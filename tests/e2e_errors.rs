@@ -186,6 +186,66 @@ fn key_of_16_bytes() {
     assert_refused(&a, &s.key, &["key file", "16 bytes", "32"]);
 }
 
+/// Every other kind of bad key file: refused with one line naming the file and the problem,
+/// and the bucket untouched.
+#[test]
+fn bad_key_files_each_get_a_one_line_error() {
+    let b = TestBucket::new();
+    let s = setup();
+    let b64 = |n: usize| {
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random_bytes(n))
+    };
+    let cases: Vec<(&str, Vec<u8>, u32, Vec<&str>)> = vec![
+        ("empty", vec![], 0o600, vec!["is empty"]),
+        ("33 raw bytes", random_bytes(33), 0o600, vec!["33 bytes"]),
+        (
+            "33 bytes as base64",
+            format!("{}\n", b64(33)).into_bytes(),
+            0o600,
+            vec!["33 bytes"],
+        ),
+        (
+            "bad base64",
+            b"this is not base64!\n".to_vec(),
+            0o600,
+            vec!["base64"],
+        ),
+        (
+            "group-readable",
+            format!("{}\n", s.key.base64()).into_bytes(),
+            0o640,
+            vec!["chmod 600"],
+        ),
+    ];
+    for (what, content, mode, needles) in cases {
+        let _ = fs::remove_file(&s.key_path);
+        fs::write(&s.key_path, &content).unwrap();
+        fs::set_permissions(&s.key_path, fs::Permissions::from_mode(mode)).unwrap();
+        let a = ssecfs(&args(s.base_args(), &[], b.name(), &s.mnt), &[], &s.mnt);
+        let mut all = needles.clone();
+        all.push(s.key_path.to_str().unwrap());
+        assert_refused(&a, &s.key, &all);
+        assert_eq!(
+            a.stderr().trim().lines().count(),
+            1,
+            "{what}: {}",
+            a.stderr()
+        );
+    }
+    // a directory where the key file should be
+    let dir_key = s.dir.path().join("keydir");
+    fs::create_dir(&dir_key).unwrap();
+    let mut base = s.base_args();
+    *base.last_mut().unwrap() = dir_key.clone().into();
+    let a = ssecfs(&args(base, &[], b.name(), &s.mnt), &[], &s.mnt);
+    assert_refused(&a, &s.key, &["is a directory", dir_key.to_str().unwrap()]);
+    assert_eq!(a.stderr().trim().lines().count(), 1, "{}", a.stderr());
+    assert!(
+        list(b.name(), "").is_empty(),
+        "a refused mount wrote to the bucket"
+    );
+}
+
 #[test]
 fn bucket_that_does_not_exist() {
     let s = setup();
