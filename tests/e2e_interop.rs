@@ -360,3 +360,40 @@ fn prefix_mount_shows_only_its_prefix() {
     let m3 = Mount::with_source(&format!("s3://{}/some/prefix", b.name()), &key, &[]);
     assert_eq!(names(m3.root()), ["new.txt", "newdir", "sub"]);
 }
+
+/// Uploads carry a CRC32C the server checked before storing (SSE-C ETags are no MD5s): a
+/// single PUT reports the full-object checksum of the plaintext, a multipart upload a
+/// composite one, both readable back with the key and `ChecksumMode::Enabled`.
+#[test]
+fn uploads_carry_a_checksum_the_server_verified() {
+    let bucket = TestBucket::new();
+    let m = Mount::new(&bucket, &["--part-size", "5M"]);
+    let small = random_bytes(100_000);
+    let big = random_bytes(12 << 20);
+    fs::write(m.path("small.bin"), &small).unwrap();
+    fs::write(m.path("big.bin"), &big).unwrap();
+    let k = m.key().clone();
+    let checksum = |name: &str| {
+        rt().block_on(async {
+            client()
+                .head_object()
+                .bucket(bucket.name())
+                .key(name)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(k.base64())
+                .sse_customer_key_md5(k.md5_base64())
+                .send()
+                .await
+                .unwrap()
+                .checksum_crc32_c()
+                .map(str::to_owned)
+        })
+    };
+    assert_eq!(
+        checksum("small.bin").as_deref(),
+        Some(ssecfs::s3::crc32c_base64(&small).as_str())
+    );
+    let composite = checksum("big.bin").expect("a multipart upload reports its checksum");
+    assert!(composite.ends_with("-3"), "3 parts of 5 MiB: {composite}");
+}

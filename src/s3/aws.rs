@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, MetadataDirective};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, S3Error, S3Result,
-    Sealing, KEY_FINGERPRINT_META,
+    crc32c_base64, CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore,
+    S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 use crate::key::{CustomerKey, KeyRing};
 
@@ -306,6 +306,7 @@ impl ObjectStore for AwsStore {
                 .bucket(&self.bucket)
                 .key(key)
                 .set_metadata(Some(self.sealed_meta(meta)))
+                .checksum_crc32_c(crc32c_base64(&body))
                 .body(ByteStream::from(body)),
             self.key()
         );
@@ -416,6 +417,7 @@ impl ObjectStore for AwsStore {
                 .create_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .set_metadata(Some(self.sealed_meta(meta))),
             self.key()
         )
@@ -437,7 +439,8 @@ impl ObjectStore for AwsStore {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> S3Result<String> {
+    ) -> S3Result<CompletedPart> {
+        let crc = crc32c_base64(&body);
         let out = with_key!(
             self.client
                 .upload_part()
@@ -445,13 +448,18 @@ impl ObjectStore for AwsStore {
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
+                .checksum_crc32_c(&crc)
                 .body(ByteStream::from(body)),
             self.key()
         )
         .send()
         .await
         .map_err(map_err)?;
-        Ok(out.e_tag().unwrap_or("").to_owned())
+        Ok(CompletedPart {
+            number,
+            etag: out.e_tag().unwrap_or("").to_owned(),
+            crc32c: Some(out.checksum_crc32_c().unwrap_or(&crc).to_owned()),
+        })
     }
 
     async fn upload_part_copy(
@@ -462,7 +470,7 @@ impl ObjectStore for AwsStore {
         src: &str,
         range: std::ops::Range<u64>,
         src_sealing: Sealing,
-    ) -> S3Result<String> {
+    ) -> S3Result<CompletedPart> {
         let mut req = with_key!(
             self.client
                 .upload_part_copy()
@@ -478,11 +486,12 @@ impl ObjectStore for AwsStore {
             req = with_source_key!(req, k);
         }
         let out = req.send().await.map_err(map_err)?;
-        Ok(out
-            .copy_part_result()
-            .and_then(|r| r.e_tag())
-            .unwrap_or("")
-            .to_owned())
+        let result = out.copy_part_result();
+        Ok(CompletedPart {
+            number,
+            etag: result.and_then(|r| r.e_tag()).unwrap_or("").to_owned(),
+            crc32c: result.and_then(|r| r.checksum_crc32_c()).map(str::to_owned),
+        })
     }
 
     async fn complete_multipart(
@@ -499,6 +508,7 @@ impl ObjectStore for AwsStore {
                         aws_sdk_s3::types::CompletedPart::builder()
                             .part_number(p.number)
                             .e_tag(p.etag)
+                            .set_checksum_crc32_c(p.crc32c)
                             .build()
                     })
                     .collect(),
@@ -808,7 +818,13 @@ mod tests {
 
         let (s, rx) = store();
         let _ = s.put("a", Bytes::from_static(b"x"), &meta).await;
-        assert_trio(&rx.expect_request(), &k, false);
+        let req = rx.expect_request();
+        assert_trio(&req, &k, false);
+        let crc = crc32c_base64(b"x");
+        assert_eq!(
+            req.headers().get("x-amz-checksum-crc32c"),
+            Some(crc.as_str())
+        );
 
         let (s, rx) = store();
         let _ = s.copy("a", "b c", Some(&meta), Sealing::PRIMARY).await;
@@ -826,7 +842,12 @@ mod tests {
 
         let (s, rx) = store();
         let _ = s.upload_part("a", "u", 1, Bytes::from_static(b"x")).await;
-        assert_trio(&rx.expect_request(), &k, false);
+        let req = rx.expect_request();
+        assert_trio(&req, &k, false);
+        assert_eq!(
+            req.headers().get("x-amz-checksum-crc32c"),
+            Some(crc.as_str())
+        );
 
         let (s, rx) = store();
         let _ = s
@@ -848,6 +869,7 @@ mod tests {
                 vec![CompletedPart {
                     number: 1,
                     etag: "e".into(),
+                    crc32c: None,
                 }],
             )
             .await;

@@ -293,13 +293,17 @@ impl ObjectStore for MemStore {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> S3Result<String> {
+    ) -> S3Result<CompletedPart> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "upload_part");
         *st.counts.entry("bytes_up").or_default() += body.len() as u64;
         let up = st.uploads.get_mut(upload_id).ok_or(S3Error::NotFound)?;
         up.2.insert(number, body.to_vec());
-        Ok(format!("\"p{number}\""))
+        Ok(CompletedPart {
+            number,
+            etag: format!("\"p{number}\""),
+            crc32c: Some(super::crc32c_base64(&body)),
+        })
     }
 
     async fn upload_part_copy(
@@ -310,7 +314,7 @@ impl ObjectStore for MemStore {
         src: &str,
         range: std::ops::Range<u64>,
         src_sealing: Sealing,
-    ) -> S3Result<String> {
+    ) -> S3Result<CompletedPart> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "upload_part_copy");
         let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
@@ -326,7 +330,11 @@ impl ObjectStore for MemStore {
             .to_vec();
         let up = st.uploads.get_mut(upload_id).ok_or(S3Error::NotFound)?;
         up.2.insert(number, data);
-        Ok(format!("\"c{number}\""))
+        Ok(CompletedPart {
+            number,
+            etag: format!("\"c{number}\""),
+            crc32c: None,
+        })
     }
 
     async fn complete_multipart(

@@ -75,11 +75,14 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
-/// A part of a completed multipart upload.
+/// A part of a multipart upload, as the server acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedPart {
     pub number: i32,
     pub etag: String,
+    /// CRC32C (base64) the server verified the part against, when it reports one; passed back
+    /// on completion (AWS requires it when the upload was created with the algorithm).
+    pub crc32c: Option<String>,
 }
 
 /// Errors of the object layer, kept apart so the filesystem can map each to its errno.
@@ -142,6 +145,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> S3Result<usize>;
 
     /// PutObject with the key and metadata; returns the new ETag.
+    /// Sent with a CRC32C of the body, which the server checks before storing anything.
     async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String>;
 
     /// CopyObject `src` → `dst` with both key trios; the copy is sealed with the primary key.
@@ -168,13 +172,14 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     async fn create_multipart(&self, key: &str, meta: &Metadata) -> S3Result<String>;
 
+    /// UploadPart with a CRC32C of the body the server checks (a corrupted part is refused).
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> S3Result<String>;
+    ) -> S3Result<CompletedPart>;
 
     /// UploadPartCopy of `src[start..end)` with both key trios.
     async fn upload_part_copy(
@@ -185,7 +190,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         src: &str,
         range: std::ops::Range<u64>,
         src_sealing: Sealing,
-    ) -> S3Result<String>;
+    ) -> S3Result<CompletedPart>;
 
     async fn complete_multipart(
         &self,
@@ -195,6 +200,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> S3Result<String>;
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> S3Result<()>;
+}
+
+/// CRC32C of `data`, base64 of its big-endian bytes: the `x-amz-checksum-crc32c` value. Since
+/// SSE-C ETags are not MD5s, this is what proves the server stored what was sent.
+pub fn crc32c_base64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(data).to_be_bytes())
 }
 
 /// Objects above this size cannot be the source of one CopyObject: use UploadPartCopy.
@@ -230,10 +242,11 @@ pub async fn copy_any_size(
         let mut number = 1;
         while start < size {
             let end = (start + part).min(size);
-            let etag = store
-                .upload_part_copy(dst, &upload_id, number, src, start..end, src_sealing)
-                .await?;
-            parts.push(CompletedPart { number, etag });
+            parts.push(
+                store
+                    .upload_part_copy(dst, &upload_id, number, src, start..end, src_sealing)
+                    .await?,
+            );
             start = end;
             number += 1;
         }

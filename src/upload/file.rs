@@ -61,7 +61,7 @@ fn body_of(buf: &Arc<LockedBuf>) -> Bytes {
     Bytes::from_owner(SharedBuf(buf.clone()))
 }
 
-type PartResult = (u64, Result<String, S3Error>, Arc<LockedBuf>);
+type PartResult = (u64, Result<CompletedPart, S3Error>, Arc<LockedBuf>);
 
 /// A multipart upload started while the application is still writing.
 struct Streaming {
@@ -69,7 +69,7 @@ struct Streaming {
     meta: Metadata,
     upload_id: String,
     in_flight: BTreeMap<u64, JoinHandle<PartResult>>,
-    done: BTreeMap<u64, String>,
+    done: BTreeMap<u64, CompletedPart>,
 }
 
 impl Streaming {
@@ -83,8 +83,8 @@ impl Streaming {
             let (&idx, _) = self.in_flight.iter().next().unwrap();
             let handle = self.in_flight.remove(&idx).unwrap();
             match handle.await {
-                Ok((i, Ok(etag), _buf)) => {
-                    self.done.insert(i, etag);
+                Ok((i, Ok(part), _buf)) => {
+                    self.done.insert(i, part);
                 }
                 Ok((i, Err(e), buf)) => {
                     tracing::warn!(part = i + 1, error = %e, "part upload failed; will retry at close");
@@ -478,7 +478,7 @@ impl DirtyFile {
             .unwrap_or_default();
         // Build the part plan: streamed, from memory, or copied server-side.
         enum Plan {
-            Done(String),
+            Done(CompletedPart),
             Upload(Arc<LockedBuf>),
             Copy(u64, u64),
         }
@@ -501,8 +501,8 @@ impl DirtyFile {
                 let (key, upload_id, base) = (key.clone(), upload_id.clone(), base.clone());
                 async move {
                     let number = i as i32 + 1;
-                    let etag = match plan {
-                        Plan::Done(e) => e,
+                    let part = match plan {
+                        Plan::Done(p) => p,
                         Plan::Upload(buf) => {
                             let _slot = slots.acquire().await;
                             store
@@ -524,7 +524,8 @@ impl DirtyFile {
                                 .await?
                         }
                     };
-                    Ok(CompletedPart { number, etag })
+                    debug_assert_eq!(part.number, number);
+                    Ok(part)
                 }
             }))
             .buffered(ctx.config.part_concurrency.max(1))
