@@ -242,6 +242,9 @@ impl DirtyFile {
             let (lo, hi) = ((from - cstart) as usize, (to - cstart) as usize);
             let mut buf = match self.chunks.remove(&idx) {
                 Some(b) => Arc::try_unwrap(b).expect("no upload holds a chunk still in the map"),
+                // Past the first part the file is big: take the whole part at once rather
+                // than growing (and copying) the buffer as the writer fills it.
+                None if idx > 0 => self.load_chunk(ctx, idx, self.part as usize).await?,
                 None => self.load_chunk(ctx, idx, hi).await?,
             };
             if hi > buf.capacity() {
