@@ -532,12 +532,15 @@ raw_run() { # run
 	else
 		fail $c write "$r" "$(reason "$WORK/err")"
 	fi
-	# 2 read
-	if rawcmd get-file "$b" "$P/f" && parse_result "$OUT"; then
-		record $c read "$r" ok "$R_seconds" "$R_bytes" "$R_rss" 0
-	else
-		fail $c read "$r" "$(reason "$WORK/err")"
-	fi
+	# 2 read, cold then warm (the API has no cache: the same GETs again)
+	local w
+	for w in read read-warm; do
+		if rawcmd get-file "$b" "$P/f" && parse_result "$OUT"; then
+			record $c $w "$r" ok "$R_seconds" "$R_bytes" "$R_rss" 0
+		else
+			fail $c $w "$r" "$(reason "$WORK/err")"
+		fi
+	done
 	# 3 random 4 KiB reads
 	if rawcmd rand-read "$b" "$P/f" --seconds "$FIO_RT" && parse_result "$OUT"; then
 		record $c randread "$r" ok "$R_seconds" "$R_ops" "$R_rss" 0
@@ -632,6 +635,7 @@ fuse_run() { # contender run
 			note="file written by raw"
 		else
 			fail "$c" read "$r" "no test file (write failed, raw upload too)"
+			fail "$c" read-warm "$r" "no test file (write failed, raw upload too)"
 			fail "$c" randread "$r" "no test file (write failed, raw upload too)"
 		fi
 	fi
@@ -659,6 +663,16 @@ fuse_run() { # contender run
 					fail "$c" read "$r" "wrong data at MiB$bad"
 				else
 					record "$c" read "$r" ok "$rd_s" "$FILE_BYTES" "$rd_rss" "$rd_lck" "$note"
+				fi
+				# 2b warm: the same file again in the same mount (whatever the contender and
+				# the kernel's page cache kept)
+				t0=$EPOCHREALTIME
+				if ! timeout -k 5 "$STEP_T" dd if="$CUR_MNT/$P/f" of=/dev/null bs=1M status=none 2>"$WORK/err"; then
+					fail "$c" read-warm "$r" "$(reason "$WORK/err" dd)"
+				else
+					t1=$EPOCHREALTIME
+					mem_peak
+					record "$c" read-warm "$r" ok "$(elapsed "$t0" "$t1")" "$FILE_BYTES" "$M_rss" "$M_lck" "$note"
 				fi
 			fi
 			do_umount

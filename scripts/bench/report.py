@@ -43,7 +43,7 @@ SHORT = {
     "rclone-off": "rclone off",
     "rclone-writes": "rclone writes",
 }
-WORKLOADS = ["write", "read", "randread", "rsync", "rsync-noop", "ls", "cp"]
+WORKLOADS = ["write", "read", "read-warm", "randread", "rsync", "rsync-noop", "ls", "cp"]
 
 
 def size_text(mib):
@@ -58,6 +58,7 @@ def workload_info(meta):
     return {
         "write": ("sequential write, %s" % size, "MiB/s", 1 << 20),
         "read": ("sequential read, %s (cold)" % size, "MiB/s", 1 << 20),
+        "read-warm": ("sequential read again, same mount (warm)", "MiB/s", 1 << 20),
         "randread": ("random 4 KiB reads (fio, %s s)" % meta["fio_seconds"], "IOPS", 1),
         "rsync": ("rsync -a, %s small files" % f"{n:,}", "files/s", 1),
         "rsync-noop": ("rsync -a again (no-op)", "files/s", 1),
