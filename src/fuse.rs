@@ -274,12 +274,10 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let r = self.run("read", ino.0, self.fs.read(ino.0, fh.0, offset, size));
-        // The reply is copied to the kernel straight from locked memory.
-        reply_or!(
-            reply,
-            r,
-            |reply: ReplyData, buf: crate::cache::arena::LockedBuf| reply.data(&buf)
-        );
+        // The reply is copied to the kernel straight from locked memory (often the cached
+        // block itself).
+        reply_or!(reply, r, |reply: ReplyData, buf: crate::fs::ReadData| reply
+            .data(&buf));
     }
 
     fn write(

@@ -189,6 +189,27 @@ impl BlockCache {
         Ok(copied)
     }
 
+    /// The block holding all of `obj[offset..offset+len)` (clamped to the object), fetched if
+    /// needed, with the range inside it; `None` when the range spans blocks or is empty. Lets
+    /// a read be answered straight from the cache, without a copy.
+    pub async fn within_one_block(
+        &self,
+        obj: &ObjectRef,
+        offset: u64,
+        len: u64,
+        block_size: u64,
+    ) -> FsResult<Option<(Arc<LockedBuf>, std::ops::Range<usize>)>> {
+        let end = (offset + len).min(obj.size);
+        if offset >= end || offset / block_size != (end - 1) / block_size {
+            return Ok(None);
+        }
+        let index = offset / block_size;
+        let b = self.block(obj, block_size, index).await?;
+        let from = ((offset - index * block_size) as usize).min(b.len());
+        let to = ((end - index * block_size) as usize).min(b.len());
+        Ok(Some((b, from..to)))
+    }
+
     /// Start fetching blocks `[from, to)` in the background (read-ahead).
     pub fn prefetch(self: &Arc<Self>, obj: &ObjectRef, block_size: u64, from: u64, to: u64) {
         let last = obj.size.div_ceil(block_size);

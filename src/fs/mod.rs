@@ -121,6 +121,23 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// What a read returns: a slice of a cached block (no copy) or a buffer of its own (data
+/// from several blocks, or from a file being written). Both are locked memory.
+pub enum ReadData {
+    Block(Arc<LockedBuf>, std::ops::Range<usize>),
+    Owned(LockedBuf),
+}
+
+impl std::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Block(b, r) => &b[r.clone()],
+            ReadData::Owned(b) => b,
+        }
+    }
+}
+
 /// Per-handle sequential-read detection.
 #[derive(Debug, Default, Clone, Copy)]
 struct ReadAhead {
@@ -681,10 +698,10 @@ impl Fs {
     }
 
     /// Read up to `size` bytes at `offset` into a locked buffer.
-    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<LockedBuf> {
-        let mut out = self.wctx.arena.alloc(size as usize).await?;
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         let file = self.files.lock().unwrap().get(&ino).cloned();
         if let Some(file) = file {
+            let mut out = self.wctx.arena.alloc(size as usize).await?;
             let target = self.target(ino)?;
             let n = file
                 .lock()
@@ -692,15 +709,14 @@ impl Fs {
                 .read(&self.wctx, &target, offset, &mut out)
                 .await?;
             out.set_len(n);
-            return Ok(out);
+            return Ok(ReadData::Owned(out));
         }
         let node = self.node(ino)?;
         if node.attr.kind != Kind::File {
             return Err(FsError::IsDir);
         }
         if offset >= node.attr.size || !node.remote {
-            out.set_len(0);
-            return Ok(out);
+            return Ok(ReadData::Owned(self.wctx.arena.alloc(0).await?));
         }
         let mut obj = ObjectRef {
             key: self.file_key(ino)?,
@@ -734,7 +750,7 @@ impl Fs {
                 _ => SMALL_BLOCK,
             }
         };
-        let n = match self.wctx.cache.read(&obj, offset, &mut out, block).await {
+        match self.read_object(&obj, offset, size, block).await {
             Err(FsError::S3(S3Error::PreconditionFailed)) => {
                 // The object changed on the server: refresh and read the new version.
                 self.forget_head(&obj.key);
@@ -748,12 +764,32 @@ impl Fs {
                         n.attr.size = info.size;
                     }
                 }
-                self.wctx.cache.read(&obj, offset, &mut out, block).await?
+                self.read_object(&obj, offset, size, block).await
             }
-            other => other?,
-        };
+            other => other,
+        }
+    }
+
+    /// `obj[offset..offset+size)` from the block cache: straight from one block when it holds
+    /// the whole range (sequential reads of block-aligned sizes), else copied together.
+    async fn read_object(
+        &self,
+        obj: &ObjectRef,
+        offset: u64,
+        size: u32,
+        block: u64,
+    ) -> FsResult<ReadData> {
+        let cache = &self.wctx.cache;
+        if let Some((b, range)) = cache
+            .within_one_block(obj, offset, u64::from(size), block)
+            .await?
+        {
+            return Ok(ReadData::Block(b, range));
+        }
+        let mut out = self.wctx.arena.alloc(size as usize).await?;
+        let n = cache.read(obj, offset, &mut out, block).await?;
         out.set_len(n);
-        Ok(out)
+        Ok(ReadData::Owned(out))
     }
 
     /// Write `data` at `offset`.
