@@ -141,6 +141,11 @@ pub struct Fs {
     store: Arc<dyn ObjectStore>,
     wctx: Arc<WriteContext>,
     table: Mutex<Table>,
+    /// Renames and unlinks hold this exclusively from their first server request to their
+    /// table update, so two of them never interleave (the server and the table would end up
+    /// naming different objects), and a read that finds its object changed or gone waits
+    /// (shared) for an in-flight one before deciding what it is reading.
+    namespace: tokio::sync::RwLock<()>,
     files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirtyFile>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -208,6 +213,7 @@ impl Fs {
             }),
             store,
             table: Mutex::new(Table::new(root)),
+            namespace: tokio::sync::RwLock::new(()),
             files: Mutex::default(),
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
@@ -698,6 +704,11 @@ impl Fs {
         if node.attr.kind != Kind::File {
             return Err(FsError::IsDir);
         }
+        if !node.remote && !self.table.lock().unwrap().is_linked(ino) {
+            // Replaced or removed while open: its object is gone (or is another file's now);
+            // answering 0 bytes would let the kernel fill the file with zeros.
+            return Err(S3Error::PreconditionFailed.into());
+        }
         if offset >= node.attr.size || !node.remote {
             out.set_len(0);
             return Ok(out);
@@ -735,7 +746,30 @@ impl Fs {
             }
         };
         let n = match self.wctx.cache.read(&obj, offset, &mut out, block).await {
-            Err(FsError::S3(S3Error::PreconditionFailed)) => {
+            Err(FsError::S3(e @ (S3Error::PreconditionFailed | S3Error::NotFound))) => {
+                // A rename or unlink in this mount may be moving this file or replacing its
+                // object: let it finish, then look again at what this inode is.
+                let _ns = self.namespace.read().await;
+                let (linked, now) = {
+                    let t = self.table.lock().unwrap();
+                    (t.is_linked(ino), t.get(ino).cloned())
+                };
+                let now = match now {
+                    Some(n) if linked && n.remote => n,
+                    // replaced or removed while open: never serve another file's bytes
+                    _ => return Err(S3Error::PreconditionFailed.into()),
+                };
+                let key = self.file_key(ino)?;
+                if key != obj.key || now.etag != obj.etag {
+                    // moved or rewritten by this mount meanwhile: read what it is now
+                    obj.key = key;
+                    obj.etag = now.etag;
+                    obj.size = now.attr.size;
+                    return self.read_retry(obj, offset, out, block).await;
+                }
+                if matches!(e, S3Error::NotFound) {
+                    return Err(e.into());
+                }
                 // The object changed on the server: refresh and read the new version.
                 self.forget_head(&obj.key);
                 let info = self.store.head(&obj.key).await?;
@@ -752,6 +786,19 @@ impl Fs {
             }
             other => other?,
         };
+        out.set_len(n);
+        Ok(out)
+    }
+
+    /// The second attempt of [`Fs::read`] once the object it names is known again.
+    async fn read_retry(
+        &self,
+        obj: ObjectRef,
+        offset: u64,
+        mut out: LockedBuf,
+        block: u64,
+    ) -> FsResult<LockedBuf> {
+        let n = self.wctx.cache.read(&obj, offset, &mut out, block).await?;
         out.set_len(n);
         Ok(out)
     }
@@ -1295,6 +1342,7 @@ impl Fs {
     /// Remove a file or symlink.
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         self.writable()?;
+        let _ns = self.namespace.write().await;
         let ino = self.resolve(parent, name).await?;
         let node = self.node(ino)?;
         if node.attr.kind == Kind::Dir {
@@ -1393,6 +1441,7 @@ impl Fs {
     ) -> FsResult<()> {
         self.writable()?;
         check_name(new_name)?;
+        let _ns = self.namespace.write().await;
         let ino = self.resolve(parent, name).await?;
         let node = self.node(ino)?;
         let dst = match self.resolve(new_parent, new_name).await {
