@@ -817,6 +817,11 @@ impl Fs {
             }
         }
         let file = self.dirty_file(ino).await?;
+        // The new mtime first: a multipart upload this write starts carries the metadata of
+        // `target`, and is kept as it is when only times moved since (see DirtyFile::flush).
+        if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+            n.attr.mtime = SystemTime::now();
+        }
         let target = self.target(ino)?;
         let mut f = file.lock().await;
         f.write(&self.wctx, &target, offset, data).await?;
@@ -824,7 +829,6 @@ impl Fs {
         drop(f);
         if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
             n.attr.size = size;
-            n.attr.mtime = SystemTime::now();
         }
         Ok(data.len() as u32)
     }

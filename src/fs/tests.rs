@@ -302,3 +302,37 @@ async fn concurrent_renames_onto_one_name_leave_table_and_server_agreeing() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_partial_write_into_a_multipart_file_reports_the_stored_mtime() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem); // 5 MiB parts
+    let data = vec![1u8; 9_700_000];
+    let (ino, _, fh) = fs.create(ROOT, "big", 0o644, 1000, 1000).await.unwrap();
+    for (i, c) in data.chunks(1 << 20).enumerate() {
+        fs.write(ino, (i << 20) as u64, c).await.unwrap();
+    }
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let fh = fs.open(ino, true, false).await.unwrap();
+    // the first write fills part 1 from the object: it starts a streaming upload
+    fs.write(ino, 1_000_000, &[9u8; 928]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fs.write(ino, 1_000_928, &[9u8; 150_000]).await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    let shown = attr::epoch_secs(fs.getattr(ino).await.unwrap().mtime);
+    let before = std::time::SystemTime::now() - Duration::from_millis(1300);
+    assert!(
+        shown >= attr::epoch_secs(before),
+        "the mtime did not move with the write"
+    );
+    let stored: i64 = mem.head("big").await.unwrap().metadata["mtime"]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        shown, stored,
+        "the mount shows one mtime, the server keeps another"
+    );
+}
