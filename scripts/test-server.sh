@@ -12,7 +12,8 @@
 #                                          S3_CLUSTER=1 and S3_ENDPOINT_NODE{1,2,3}; S3_ENDPOINT
 #                                          is node 1's S3 API (kill node 2 or 3 to keep it up)
 #   scripts/test-server.sh kill-node N     SIGKILL node N (a crash; its data dirs stay)
-#   scripts/test-server.sh start-node N    start node N again on its kept data (after kill-node)
+#   scripts/test-server.sh start-node N    start node N again on its kept data (after kill-node);
+#                                          returns once every node sees every other
 #   scripts/test-server.sh cluster-stop    stop every node of the cluster
 #   Node N listens on CLUSTER_BASE_PORT+10*(N-1) + 0 (S3), +1 (RPC), +3 (admin); state in
 #   SSECFS_CLUSTER_DIR (default $SSECFS_TEST_DIR/cluster); `stop` also stops the cluster.
@@ -367,9 +368,9 @@ kill_node() {
 	rm -f "$CDIR/node$n/garage.pid"
 }
 
-# the nodes that node 1 sees as up (garage status lists "HEALTHY NODES" first)
+# how many nodes node N (default 1) sees as up (garage status lists "HEALTHY NODES" first)
 healthy_nodes() {
-	"$GARAGE_BIN" -c "$(node_cfg 1)" status 2>/dev/null |
+	"$GARAGE_BIN" -c "$(node_cfg "${1:-1}")" status 2>/dev/null |
 		awk '/HEALTHY NODES/ {h=1; next} /FAILED NODES/ {h=0} h && $1 ~ /^[0-9a-f]+$/ {c++} END {print c+0}'
 }
 
@@ -489,6 +490,16 @@ start-node)
 	find_garage || die "garage not found"
 	LOG=$CDIR/setup.log
 	start_node "$2"
+	# back in the cluster: it and node 1 both see every node (else its requests miss quorum)
+	ok=0
+	for _ in $(seq 300); do
+		if [[ $(healthy_nodes "$2") == "$NODES" && $(healthy_nodes 1) == "$NODES" ]]; then
+			ok=1
+			break
+		fi
+		sleep 0.2
+	done
+	[[ $ok == 1 ]] || die "node $2 did not rejoin the cluster within 60 s, see $CDIR/node$2/garage.log"
 	;;
 -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
 *) die "unknown command '$1' (start | stop | install | status | cluster | cluster-stop | kill-node N | start-node N)" ;;

@@ -130,7 +130,7 @@ fn rsync_survives_a_node_crash_and_every_file_verifies() {
     let bucket = TestBucket::new();
     let src_dir = tempdir("e2e-cluster-src-");
     let src = src_dir.path();
-    const FILES: usize = 240;
+    const FILES: usize = 200;
     let names = make_tree(src, FILES, 0xc1_0573);
     let before = snapshot(src);
 
@@ -200,7 +200,22 @@ fn rsync_survives_a_node_crash_and_every_file_verifies() {
     let node3 = std::env::var(format!("S3_ENDPOINT_NODE{CRASHED}")).unwrap();
     let node1 = endpoint();
     std::env::set_var("S3_ENDPOINT", &node3); // read by Mount; the direct client keeps node 1
-    let fresh = Mount::with_key(&bucket, m.key(), &[]);
+                                              // the revived node may need a moment more before its own requests reach quorum
+    let mut tries = 0;
+    let fresh = loop {
+        match Mount::try_with_source(bucket.name(), m.key(), &[]) {
+            Ok(f) => break f,
+            Err(e) if tries < 10 => {
+                tries += 1;
+                eprintln!(
+                    "fresh mount via node {CRASHED} not yet: {}",
+                    e.lines().next().unwrap_or("")
+                );
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     std::env::set_var("S3_ENDPOINT", &node1);
     assert_same_tree(
         "fresh mount via the revived node",
