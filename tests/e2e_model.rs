@@ -364,7 +364,11 @@ fn run_model(seed: u64, steps: usize) {
         "model: {steps} steps (seed {seed}): {ops:?}; at the end {} files {names:?}, \
          directories {:?}",
         names.len(),
-        model.dirs
+        model
+            .dirs
+            .iter()
+            .map(|(d, m)| format!("{d}:{m:o}"))
+            .collect::<Vec<_>>()
     );
 }
 

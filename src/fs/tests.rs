@@ -274,7 +274,7 @@ async fn a_file_replaced_by_rename_while_open_reads_estale_not_zeros() {
 async fn concurrent_renames_onto_one_name_leave_table_and_server_agreeing() {
     let mem = MemStore::new("k");
     let fs = fs_on(&mem);
-    for round in 0..20 {
+    for round in 0..100 {
         let mut tasks = Vec::new();
         for t in 0..6u8 {
             let fs = fs.clone();
