@@ -7,6 +7,17 @@
 #   scripts/test-server.sh install         only make sure a Garage binary exists (cargo install)
 #   scripts/test-server.sh status          exit 0 if the Garage started by this script is running
 #
+# A 3-node cluster (replication factor 3, all on 127.0.0.1) for fault tests:
+#   eval "$(scripts/test-server.sh cluster)"   start (fresh) and export the same variables, plus
+#                                          S3_CLUSTER=1 and S3_ENDPOINT_NODE{1,2,3}; S3_ENDPOINT
+#                                          is node 1's S3 API (kill node 2 or 3 to keep it up)
+#   scripts/test-server.sh kill-node N     SIGKILL node N (a crash; its data dirs stay)
+#   scripts/test-server.sh start-node N    start node N again on its kept data (after kill-node);
+#                                          returns once every node sees every other
+#   scripts/test-server.sh cluster-stop    stop every node of the cluster
+#   Node N listens on CLUSTER_BASE_PORT+10*(N-1) + 0 (S3), +1 (RPC), +3 (admin); state in
+#   SSECFS_CLUSTER_DIR (default $SSECFS_TEST_DIR/cluster); `stop` also stops the cluster.
+#
 # stdout carries ONLY `export` lines (also written to $SSECFS_TEST_DIR/env.sh); progress goes to
 # $SSECFS_TEST_DIR/setup.log, errors to stderr. Every start wipes the previous meta/data dirs.
 #
@@ -27,6 +38,9 @@ RPC_PORT=${RPC_PORT:-3901}
 ADMIN_PORT=${ADMIN_PORT:-3903}
 TLS_PORT=${TLS_PORT:-3943}
 BUCKET=${S3_BUCKET:-ssecfs}
+CDIR=${SSECFS_CLUSTER_DIR:-$DIR/cluster}
+CLUSTER_BASE_PORT=${CLUSTER_BASE_PORT:-3970}
+NODES=3
 KEY_NAME=ssecfs-test
 CFG=$DIR/garage.toml
 LOG=$DIR/setup.log
@@ -106,9 +120,14 @@ stop_pidfile() { # pidfile name-in-cmdline
 	rm -f "$f"
 }
 
-stop_all() {
+stop_single() {
 	stop_pidfile "$DIR/stunnel.pid" stunnel
 	stop_pidfile "$DIR/garage.pid" garage
+}
+
+stop_all() {
+	stop_single
+	cluster_stop
 }
 
 # prints the HTTP status (000 when nothing answers)
@@ -134,7 +153,7 @@ on_start_exit() {
 		tail -n 20 "$LOG" 2>/dev/null || true
 		tail -n 20 "$DIR/garage.log" 2>/dev/null || true
 	} >&2
-	stop_all
+	stop_single
 	exit "$rc"
 }
 
@@ -143,7 +162,7 @@ start() {
 	install_garage
 	mkdir -p "$DIR"
 	chmod 700 "$DIR" # env.sh, garage.toml: secrets
-	stop_all
+	stop_single
 	rm -rf "$DIR/meta" "$DIR/data" "$DIR/env.sh" "$DIR/garage.log"
 	: >"$LOG"
 
@@ -284,6 +303,13 @@ emit_env() {
 		GARAGE_ADMIN_TOKEN "$ADMIN_TOKEN"
 		SSECFS_TEST_DIR "$DIR"
 	)
+	if [[ ${CLUSTER:-0} == 1 ]]; then
+		local n
+		vars+=(S3_CLUSTER 1 SSECFS_CLUSTER_DIR "$CDIR")
+		for n in $(seq "$NODES"); do
+			vars+=("S3_ENDPOINT_NODE$n" "http://127.0.0.1:$(node_port "$n" 0)")
+		done
+	fi
 	if [[ $TLS == 1 ]]; then
 		vars+=(S3_ENDPOINT_TLS "https://127.0.0.1:$TLS_PORT" S3_CA_CERT "$DIR/tls/cert.pem")
 	fi
@@ -291,6 +317,156 @@ emit_env() {
 	for ((i = 0; i < ${#vars[@]}; i += 2)); do
 		printf 'export %s=%q\n' "${vars[i]}" "${vars[i + 1]}"
 	done
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3-node cluster
+
+node_port() { echo $((CLUSTER_BASE_PORT + 10 * ($1 - 1) + $2)); } # node offset
+node_cfg() { echo "$CDIR/node$1/garage.toml"; }
+
+cluster_stop() {
+	local n
+	for n in $(seq "$NODES"); do
+		stop_pidfile "$CDIR/node$n/garage.pid" garage
+	done
+}
+
+check_node() {
+	[[ $1 =~ ^[1-9][0-9]*$ && $1 -le $NODES ]] || die "node number must be 1..$NODES, not '${1:-}'"
+}
+
+start_node() { # n: start the server on its config and wait until its RPC answers
+	local n=$1 cfg gpid
+	cfg=$(node_cfg "$n")
+	[[ -f $cfg ]] || die "no cluster config $cfg: start the cluster first (test-server.sh cluster)"
+	if pid_alive "$CDIR/node$n/garage.pid" garage >/dev/null; then
+		return 0
+	fi
+	NO_COLOR=1 RUST_LOG=${RUST_LOG:-garage=info} nohup "$GARAGE_BIN" -c "$cfg" server \
+		>>"$CDIR/node$n/garage.log" 2>&1 </dev/null &
+	gpid=$!
+	echo "$gpid" >"$CDIR/node$n/garage.pid"
+	for _ in $(seq 150); do
+		kill -0 "$gpid" 2>/dev/null || die "garage node $n exited at startup, see $CDIR/node$n/garage.log"
+		"$GARAGE_BIN" -c "$cfg" status >>"$LOG" 2>&1 && return 0
+		sleep 0.2
+	done
+	die "garage node $n did not answer 'garage status' within 30 s, see $CDIR/node$n/garage.log"
+}
+
+kill_node() {
+	local n=$1 p
+	check_node "$n"
+	if p=$(pid_alive "$CDIR/node$n/garage.pid" garage); then
+		kill -9 "$p" 2>/dev/null || true
+		for _ in $(seq 50); do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.1
+		done
+	fi
+	rm -f "$CDIR/node$n/garage.pid"
+}
+
+# how many nodes node N (default 1) sees as up (garage status lists "HEALTHY NODES" first)
+healthy_nodes() {
+	"$GARAGE_BIN" -c "$(node_cfg "${1:-1}")" status 2>/dev/null |
+		awk '/HEALTHY NODES/ {h=1; next} /FAILED NODES/ {h=0} h && $1 ~ /^[0-9a-f]+$/ {c++} END {print c+0}'
+}
+
+cluster_start() {
+	need_tools
+	install_garage
+	LOG=$CDIR/setup.log
+	CFG=$(node_cfg 1)
+	mkdir -p "$CDIR"
+	chmod 700 "$CDIR"
+	cluster_stop
+	rm -rf "$CDIR"/node* "$CDIR/env.sh"
+	: >"$LOG"
+	local n off
+	for n in $(seq "$NODES"); do
+		for off in 0 1 3; do
+			port_free "$(node_port "$n" "$off")" || die "port $(node_port "$n" "$off") on 127.0.0.1 is already in use; set CLUSTER_BASE_PORT"
+		done
+	done
+	trap 'rc=$?; [[ $rc == 0 ]] || { echo "test-server.sh: cluster start failed; see $LOG" >&2; tail -n 20 "$LOG" >&2; cluster_stop; }' EXIT
+
+	ADMIN_TOKEN=$(openssl rand -hex 32)
+	local secret
+	secret=$(openssl rand -hex 32)
+	for n in $(seq "$NODES"); do
+		mkdir -p "$CDIR/node$n/meta" "$CDIR/node$n/data"
+		(
+			umask 077
+			cat >"$(node_cfg "$n")" <<CONF
+metadata_dir = "$CDIR/node$n/meta"
+data_dir = "$CDIR/node$n/data"
+db_engine = "sqlite"
+replication_factor = 3
+compression_level = "none"
+rpc_bind_addr = "127.0.0.1:$(node_port "$n" 1)"
+rpc_public_addr = "127.0.0.1:$(node_port "$n" 1)"
+rpc_secret = "$secret"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$(node_port "$n" 0)"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$(node_port "$n" 3)"
+admin_token = "$ADMIN_TOKEN"
+CONF
+		)
+	done
+	for n in $(seq "$NODES"); do
+		start_node "$n"
+	done
+	local ids=() id
+	for n in $(seq "$NODES"); do
+		id=$("$GARAGE_BIN" -c "$(node_cfg "$n")" node id -q 2>>"$LOG")
+		[[ -n $id ]] || die "could not read the id of garage node $n"
+		ids+=("$id")
+		[[ $n == 1 ]] || g node connect "$id"
+	done
+	for n in $(seq "$NODES"); do
+		g layout assign -z "dc$n" -c 1G "${ids[n - 1]%%@*}"
+	done
+	g layout apply --version 1
+	local ok=0
+	for _ in $(seq 150); do
+		[[ $(healthy_nodes) == "$NODES" ]] && {
+			ok=1
+			break
+		}
+		sleep 0.2
+	done
+	[[ $ok == 1 ]] || die "the $NODES garage nodes did not all become healthy within 30 s"
+
+	KEY_ID=GK$(openssl rand -hex 12)
+	SECRET=$(openssl rand -hex 32)
+	g key import --yes -n "$KEY_NAME" "$KEY_ID" "$SECRET"
+	g key allow --create-bucket "$KEY_ID"
+	g bucket create "$BUCKET"
+	g bucket allow --read --write --owner "$BUCKET" --key "$KEY_ID"
+	S3_PORT=$(node_port 1 0)
+	ADMIN_PORT=$(node_port 1 3)
+	ok=0
+	for _ in $(seq 150); do
+		[[ $(http_status "http://127.0.0.1:$S3_PORT/") != 000 ]] && {
+			ok=1
+			break
+		}
+		sleep 0.2
+	done
+	[[ $ok == 1 ]] || die "S3 endpoint http://127.0.0.1:$S3_PORT did not answer within 30 s"
+	TLS=0
+	CLUSTER=1
+	emit_env >"$CDIR/env.sh.tmp"
+	mv "$CDIR/env.sh.tmp" "$CDIR/env.sh"
+	trap - EXIT
+	cat "$CDIR/env.sh"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +480,27 @@ install)
 	echo "garage: $GARAGE_BIN ($("$GARAGE_BIN" --version 2>/dev/null | head -n1))" >&2
 	;;
 status) pid_alive "$DIR/garage.pid" garage >/dev/null ;;
+cluster) cluster_start ;;
+cluster-stop) cluster_stop ;;
+kill-node)
+	kill_node "${2:-}"
+	;;
+start-node)
+	check_node "${2:-}"
+	find_garage || die "garage not found"
+	LOG=$CDIR/setup.log
+	start_node "$2"
+	# back in the cluster: it and node 1 both see every node (else its requests miss quorum)
+	ok=0
+	for _ in $(seq 300); do
+		if [[ $(healthy_nodes "$2") == "$NODES" && $(healthy_nodes 1) == "$NODES" ]]; then
+			ok=1
+			break
+		fi
+		sleep 0.2
+	done
+	[[ $ok == 1 ]] || die "node $2 did not rejoin the cluster within 60 s, see $CDIR/node$2/garage.log"
+	;;
 -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-*) die "unknown command '$1' (start | stop | install | status)" ;;
+*) die "unknown command '$1' (start | stop | install | status | cluster | cluster-stop | kill-node N | start-node N)" ;;
 esac

@@ -299,3 +299,132 @@ mod tests {
         assert!(t.child(ROOT, "a").is_none());
     }
 }
+
+/// Many threads drive one table (behind a mutex, as the filesystem holds it) through random
+/// lookups, renames, detaches and forgets that respect the filesystem's own preconditions;
+/// the name index and the nodes must agree after every step, and every linked node must
+/// reach the root.
+#[cfg(test)]
+mod stress {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use std::sync::{Arc, Mutex};
+
+    const DIRS: [&str; 4] = ["d0", "d1", "d2", "d3"];
+    const FILES: [&str; 6] = ["f0", "f1", "f2", "f3", "f4", "f5"];
+
+    fn node(kind: Kind) -> Node {
+        Node {
+            parent: 0,
+            name: String::new(),
+            attr: Attr::new(kind, 0o644, 0, 0),
+            fresh_until: Instant::now(),
+            remote: true,
+            etag: String::new(),
+            sealing: Sealing::PRIMARY,
+            lookups: 0,
+            open: 0,
+            link_target: None,
+        }
+    }
+
+    fn check(t: &Table) {
+        for ((p, name), ino) in &t.children {
+            let n = t.nodes.get(ino).expect("indexed node exists");
+            assert_eq!((n.parent, n.name.as_str()), (*p, name.as_str()));
+            assert!(t.nodes.contains_key(p), "parent {p} of {name} is gone");
+            let path = t.path(*ino).expect("linked node reaches the root");
+            assert!(path.ends_with(name.as_str()));
+            assert!(t.is_linked(*ino));
+        }
+        assert!(t.nodes.contains_key(&ROOT));
+    }
+
+    /// A random directory inode (the root or a linked directory).
+    fn some_dir(t: &Table, rng: &mut impl Rng) -> u64 {
+        let dirs: Vec<u64> = std::iter::once(ROOT)
+            .chain(
+                t.children
+                    .values()
+                    .copied()
+                    .filter(|i| t.nodes[i].attr.kind == Kind::Dir),
+            )
+            .collect();
+        dirs[rng.gen_range(0..dirs.len())]
+    }
+
+    fn step(t: &mut Table, rng: &mut impl Rng) {
+        let parent = some_dir(t, rng);
+        match rng.gen_range(0..7) {
+            // lookup of a file or a directory (the kernel takes a reference)
+            0 | 1 => {
+                let (name, kind) = if rng.gen_bool(0.5) {
+                    (FILES[rng.gen_range(0..FILES.len())], Kind::File)
+                } else {
+                    (DIRS[rng.gen_range(0..DIRS.len())], Kind::Dir)
+                };
+                let ino = t.upsert(parent, name, node(kind));
+                t.get_mut(ino).unwrap().lookups += 1;
+            }
+            // rename something into a random directory, as Fs::rename allows it
+            2 | 3 => {
+                let kids = t.children_of(parent);
+                if kids.is_empty() {
+                    return;
+                }
+                let (_, ino) = kids[rng.gen_range(0..kids.len())].clone();
+                let to = some_dir(t, rng);
+                let is_dir = t.get(ino).unwrap().attr.kind == Kind::Dir;
+                if is_dir && t.is_within(to, ino) {
+                    return; // into itself: refused
+                }
+                let names: &[&str] = if is_dir { &DIRS } else { &FILES };
+                let new_name = names[rng.gen_range(0..names.len())];
+                if let Some(d) = t.child(to, new_name) {
+                    if d != ino && !t.children_of(d).is_empty() {
+                        return; // ENOTEMPTY
+                    }
+                }
+                t.rename(ino, to, new_name);
+            }
+            // unlink / rmdir (empty directories only)
+            4 => {
+                let kids = t.children_of(parent);
+                if let Some((_, ino)) = kids.first() {
+                    if t.children_of(*ino).is_empty() {
+                        t.detach(*ino);
+                    }
+                }
+            }
+            // the kernel forgets references
+            _ => {
+                let inos = t.inodes();
+                let ino = inos[rng.gen_range(0..inos.len())];
+                let n = t.get(ino).map_or(0, |n| n.lookups);
+                t.forget(ino, rng.gen_range(0..=n));
+            }
+        }
+    }
+
+    #[test]
+    fn many_threads_keep_the_table_consistent() {
+        let table = Arc::new(Mutex::new(Table::new(Attr::new(Kind::Dir, 0o755, 0, 0))));
+        let threads: Vec<_> = (0..8u64)
+            .map(|seed| {
+                let table = table.clone();
+                std::thread::spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(0x1abe1 + seed);
+                    for _ in 0..1_500 {
+                        let mut t = table.lock().unwrap();
+                        step(&mut t, &mut rng);
+                        check(&t);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no thread panicked");
+        }
+        check(&table.lock().unwrap());
+    }
+}

@@ -128,6 +128,13 @@ pub enum ReadData {
     Owned(LockedBuf),
 }
 
+impl std::fmt::Debug for ReadData {
+    /// Length only: the bytes are plaintext.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadData({} bytes)", self.len())
+    }
+}
+
 impl std::ops::Deref for ReadData {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -158,6 +165,11 @@ pub struct Fs {
     store: Arc<dyn ObjectStore>,
     wctx: Arc<WriteContext>,
     table: Mutex<Table>,
+    /// Renames and unlinks hold this exclusively from their first server request to their
+    /// table update, so two of them never interleave (the server and the table would end up
+    /// naming different objects), and a read that finds its object changed or gone waits
+    /// (shared) for an in-flight one before deciding what it is reading.
+    namespace: tokio::sync::RwLock<()>,
     files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirtyFile>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -225,6 +237,7 @@ impl Fs {
             }),
             store,
             table: Mutex::new(Table::new(root)),
+            namespace: tokio::sync::RwLock::new(()),
             files: Mutex::default(),
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
@@ -715,6 +728,11 @@ impl Fs {
         if node.attr.kind != Kind::File {
             return Err(FsError::IsDir);
         }
+        if !node.remote && !self.table.lock().unwrap().is_linked(ino) {
+            // Replaced or removed while open: its object is gone (or is another file's now);
+            // answering 0 bytes would let the kernel fill the file with zeros.
+            return Err(S3Error::PreconditionFailed.into());
+        }
         if offset >= node.attr.size || !node.remote {
             return Ok(ReadData::Owned(self.wctx.arena.alloc(0).await?));
         }
@@ -751,7 +769,30 @@ impl Fs {
             }
         };
         match self.read_object(&obj, offset, size, block).await {
-            Err(FsError::S3(S3Error::PreconditionFailed)) => {
+            Err(FsError::S3(e @ (S3Error::PreconditionFailed | S3Error::NotFound))) => {
+                // A rename or unlink in this mount may be moving this file or replacing its
+                // object: let it finish, then look again at what this inode is.
+                let _ns = self.namespace.read().await;
+                let (linked, now) = {
+                    let t = self.table.lock().unwrap();
+                    (t.is_linked(ino), t.get(ino).cloned())
+                };
+                let now = match now {
+                    Some(n) if linked && n.remote => n,
+                    // replaced or removed while open: never serve another file's bytes
+                    _ => return Err(S3Error::PreconditionFailed.into()),
+                };
+                let key = self.file_key(ino)?;
+                if key != obj.key || now.etag != obj.etag {
+                    // moved or rewritten by this mount meanwhile: read what it is now
+                    obj.key = key;
+                    obj.etag = now.etag;
+                    obj.size = now.attr.size;
+                    return self.read_object(&obj, offset, size, block).await;
+                }
+                if matches!(e, S3Error::NotFound) {
+                    return Err(e.into());
+                }
                 // The object changed on the server: refresh and read the new version.
                 self.forget_head(&obj.key);
                 let info = self.store.head(&obj.key).await?;
@@ -806,6 +847,11 @@ impl Fs {
             }
         }
         let file = self.dirty_file(ino).await?;
+        // The new mtime first: a multipart upload this write starts carries the metadata of
+        // `target`, and is kept as it is when only times moved since (see DirtyFile::flush).
+        if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+            n.attr.mtime = SystemTime::now();
+        }
         let target = self.target(ino)?;
         let mut f = file.lock().await;
         f.write(&self.wctx, &target, offset, data).await?;
@@ -813,7 +859,6 @@ impl Fs {
         drop(f);
         if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
             n.attr.size = size;
-            n.attr.mtime = SystemTime::now();
         }
         Ok(data.len() as u32)
     }
@@ -1331,6 +1376,7 @@ impl Fs {
     /// Remove a file or symlink.
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         self.writable()?;
+        let _ns = self.namespace.write().await;
         let ino = self.resolve(parent, name).await?;
         let node = self.node(ino)?;
         if node.attr.kind == Kind::Dir {
@@ -1429,6 +1475,7 @@ impl Fs {
     ) -> FsResult<()> {
         self.writable()?;
         check_name(new_name)?;
+        let _ns = self.namespace.write().await;
         let ino = self.resolve(parent, name).await?;
         let node = self.node(ino)?;
         let dst = match self.resolve(new_parent, new_name).await {

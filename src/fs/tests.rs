@@ -309,3 +309,88 @@ async fn write_back_upload_happens_after_the_delay() {
     }
     assert_eq!(mem.raw("a").unwrap(), b"abc");
 }
+
+#[tokio::test]
+async fn a_file_replaced_by_rename_while_open_reads_estale_not_zeros() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let old = write_file(&fs, ROOT, "f", &[7u8; 5000]).await;
+    fs.lookup(ROOT, "f").await.unwrap();
+    let fh = fs.open(old, false, false).await.unwrap();
+    write_file(&fs, ROOT, "tmp", b"new").await;
+    fs.rename(ROOT, "tmp", ROOT, "f", false).await.unwrap();
+    // the old inode's object is now another file's: an error, never that file's bytes or
+    // an empty answer the kernel would pad with zeros up to the old size
+    let err = fs.read(old, fh, 0, 5000).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE);
+    fs.release(old, fh).await.unwrap();
+    let (new, _) = fs.lookup(ROOT, "f").await.unwrap();
+    assert_eq!(read_all(&fs, new).await, b"new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_renames_onto_one_name_leave_table_and_server_agreeing() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    for round in 0..100 {
+        let mut tasks = Vec::new();
+        for t in 0..6u8 {
+            let fs = fs.clone();
+            tasks.push(tokio::spawn(async move {
+                let tmp = format!("tmp-{round}-{t}");
+                let data = vec![t; 1000 + usize::from(t) * 100];
+                write_file(&fs, ROOT, &tmp, &data).await;
+                fs.rename(ROOT, &tmp, ROOT, "target", false).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // whatever rename came last, the name, its attributes and the server agree
+        let (ino, attr) = fs.lookup(ROOT, "target").await.unwrap();
+        let via_fs = read_all(&fs, ino).await;
+        assert_eq!(via_fs.len() as u64, attr.size, "round {round}");
+        let t = via_fs[0];
+        assert!(via_fs.iter().all(|&b| b == t), "round {round}: a mix");
+        assert_eq!(via_fs.len(), 1000 + usize::from(t) * 100, "round {round}");
+        let info = mem.head("target").await.unwrap();
+        assert_eq!(
+            info.size, attr.size,
+            "round {round}: server and table differ"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_partial_write_into_a_multipart_file_reports_the_stored_mtime() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem); // 5 MiB parts
+    let data = vec![1u8; 9_700_000];
+    let (ino, _, fh) = fs.create(ROOT, "big", 0o644, 1000, 1000).await.unwrap();
+    for (i, c) in data.chunks(1 << 20).enumerate() {
+        fs.write(ino, (i << 20) as u64, c).await.unwrap();
+    }
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let fh = fs.open(ino, true, false).await.unwrap();
+    // the first write fills part 1 from the object: it starts a streaming upload
+    fs.write(ino, 1_000_000, &[9u8; 928]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fs.write(ino, 1_000_928, &[9u8; 150_000]).await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    let shown = attr::epoch_secs(fs.getattr(ino).await.unwrap().mtime);
+    let before = std::time::SystemTime::now() - Duration::from_millis(1300);
+    assert!(
+        shown >= attr::epoch_secs(before),
+        "the mtime did not move with the write"
+    );
+    let stored: i64 = mem.head("big").await.unwrap().metadata["mtime"]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        shown, stored,
+        "the mount shows one mtime, the server keeps another"
+    );
+}

@@ -400,6 +400,9 @@ impl DirtyFile {
     /// Make the server object equal to this content under `target`; returns the new object.
     /// On error nothing held in memory is lost: a later flush retries.
     pub async fn flush(&mut self, ctx: &WriteContext, target: &Target) -> FsResult<ObjectRef> {
+        // Only this flush's choice counts: a write that rewrote a streamed part flushed once
+        // already, and what that flush kept is not what the server will hold after this one.
+        self.kept_meta = None;
         if !self.dirty {
             if let Some(b) = &self.base {
                 if b.key == target.key {
