@@ -437,16 +437,12 @@ impl Spill {
                 }
             }
             if st.bytes + stride <= self.inner.cap {
-                if !st.classes.contains_key(&class) {
-                    let file = anonymous_file(&self.inner.dir)?;
-                    st.classes.insert(
-                        class,
-                        Class {
-                            file: Arc::new(file),
-                            slots: 0,
-                            free: BTreeSet::new(),
-                        },
-                    );
+                if let std::collections::hash_map::Entry::Vacant(e) = st.classes.entry(class) {
+                    e.insert(Class {
+                        file: Arc::new(anonymous_file(&self.inner.dir)?),
+                        slots: 0,
+                        free: BTreeSet::new(),
+                    });
                 }
                 st.bytes += stride;
                 let c = st.classes.get_mut(&class).unwrap();
