@@ -339,3 +339,45 @@ fn spill_options_are_checked_before_mounting() {
     .expect("a spill tier smaller than two parts is refused");
     assert!(err.contains("--spill-size"), "{err}");
 }
+
+#[test]
+fn rsync_inplace_of_a_file_three_times_the_cache() {
+    let bucket = TestBucket::new();
+    let spill = tempdir("e2e-spill-");
+    let mut m = mount_with_spill(&bucket, spill.path());
+    let src = tempdir("e2e-spill-src-");
+    let mut data: Vec<u8> = (0..(72u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(src.path().join("f"), &data).unwrap();
+    let rsync = |extra: &[&str]| {
+        let out = std::process::Command::new("rsync")
+            .args(["-a"])
+            .args(extra)
+            .arg(src.path().join("f"))
+            .arg(m.path("f"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    rsync(&[]);
+    // scattered changes, a few in each third of the file, and a longer tail
+    for k in [3u32, 17, 29, 41, 53, 66, 71] {
+        let at = ((k << 20) + 4321) as usize;
+        for b in &mut data[at..at + 10_000] {
+            *b ^= 0x5a;
+        }
+    }
+    data.extend_from_slice(&[7u8; 3 << 20]);
+    fs::write(src.path().join("f"), &data).unwrap();
+    rsync(&["--inplace", "--no-whole-file", "--checksum"]);
+    m.remount();
+    read_randomly(&m.path("f"), &data, 3);
+    assert_stored(bucket.name(), "f", m.key(), &data);
+    m.unmount();
+    assert_eq!(fs::read_dir(spill.path()).unwrap().count(), 0);
+}
