@@ -345,15 +345,23 @@ impl DirtyFile {
         }
         self.size = self.size.max(end);
         self.dirty = true;
-        self.stream_full_chunks(ctx, target).await
+        self.stream_full_chunks(ctx, target, first).await
     }
 
-    /// Send chunks that are full and behind the writer as parts of a streaming upload.
-    async fn stream_full_chunks(&mut self, ctx: &WriteContext, target: &Target) -> FsResult<()> {
+    /// Send chunks that are full and behind the writer (before both the end of the file and
+    /// the chunk being written, `writing`) as parts of a streaming upload. A chunk full only
+    /// because it was loaded from the base is not sent while the writer is still in it (an
+    /// in-place edit, e.g. `rsync --inplace`, would otherwise re-upload the object at once).
+    async fn stream_full_chunks(
+        &mut self,
+        ctx: &WriteContext,
+        target: &Target,
+        writing: u64,
+    ) -> FsResult<()> {
         if self.size <= self.part {
             return Ok(());
         }
-        let last = (self.size - 1) / self.part;
+        let last = ((self.size - 1) / self.part).min(writing);
         let ready: Vec<u64> = self
             .chunks
             .range(..last)
