@@ -1,7 +1,7 @@
 //! End-to-end: the sealed spill tier (`--spill-dir`). With a tiny locked cache, evicted blocks
 //! and write chunks go to the spill files, sealed: plaintext never reaches them (or any other
-//! local disk), a flipped byte is caught and the data fetched again, random writes far larger
-//! than the cache complete, and nothing is left in the directory.
+//! local disk), a flipped byte is caught and the data fetched again, random writes of twice
+//! the cache and `rsync --inplace` of three times it complete, and nothing is left in the directory.
 //!
 //! The spill files are unlinked from the start, so the tests reach them the way an attacker
 //! with the daemon's rights would during the mount: through `/proc/<daemon pid>/fd/N` (the
