@@ -121,6 +121,14 @@ pub struct MountArgs {
     /// default: half of --cache-size.
     #[arg(long, value_name = "SIZE")]
     pub write_back_max: Option<String>,
+    /// Opt-in spill tier: keep blocks evicted from the locked cache, and write chunks when
+    /// memory is short, in DIR, sealed with AES-256-GCM under a key that exists only in
+    /// locked memory for the life of the mount (files are unlinked at once).
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// Most bytes the spill tier may use in --spill-dir (default 1G).
+    #[arg(long, value_name = "SIZE")]
+    pub spill_size: Option<String>,
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -379,6 +387,31 @@ mod tests {
         assert!(m.conn.allow_http && m.read_only);
         assert_eq!(m.cache_size, "64M");
         assert_eq!(m.kernel_flags, vec!["nosuid"]);
+    }
+
+    #[test]
+    fn spill_options_in_every_form() {
+        for opts in [
+            "spill_dir=/var/spill,spill_size=2G",
+            "spill-dir=/var/spill,spill-size=2G",
+        ] {
+            let m = parse(&["ssecfs", "b", "/m", "-o", &format!("key_file=/k,{opts}")]).unwrap();
+            assert_eq!(m.spill_dir, Some(PathBuf::from("/var/spill")));
+            assert_eq!(m.spill_size.as_deref(), Some("2G"));
+        }
+        let m = parse(&[
+            "ssecfs",
+            "mount",
+            "--key-file",
+            "/k",
+            "--spill-dir",
+            "/s",
+            "b",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(m.spill_dir, Some(PathBuf::from("/s")));
+        assert_eq!(m.spill_size, None);
     }
 
     #[test]

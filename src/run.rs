@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -393,6 +393,8 @@ struct Prepared {
     part_size: u64,
     umask: u32,
     write_back_max: Option<u64>,
+    /// `--spill-dir` and the bound in bytes.
+    spill: Option<(PathBuf, u64)>,
 }
 
 fn prepare(m: &MountArgs) -> Result<Prepared, String> {
@@ -458,7 +460,33 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
         }
         None => None,
     };
+    let spill = match (&m.spill_dir, &m.spill_size) {
+        (None, None) => None,
+        (None, Some(_)) => return Err("--spill-size needs --spill-dir".into()),
+        (Some(dir), size) => {
+            let size = cli::parse_size(size.as_deref().unwrap_or("1G"))
+                .map_err(|e| format!("--spill-size: {e}"))?;
+            if size < 2 * (part_size + crate::cache::spill::TAG_LEN) {
+                return Err(format!(
+                    "--spill-size {} is too small for --part-size {}: at least two parts must fit",
+                    m.spill_size.as_deref().unwrap_or("1G"),
+                    m.part_size
+                ));
+            }
+            let meta = std::fs::metadata(dir)
+                .map_err(|e| format!("--spill-dir {}: {e}", dir.display()))?;
+            if !meta.is_dir() {
+                return Err(format!("--spill-dir {} is not a directory", dir.display()));
+            }
+            // absolute: the daemon may change directory when it detaches
+            let dir = dir
+                .canonicalize()
+                .map_err(|e| format!("--spill-dir {}: {e}", dir.display()))?;
+            Some((dir, size))
+        }
+    };
     Ok(Prepared {
+        spill,
         bucket,
         prefix,
         cache_size,
@@ -580,6 +608,12 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
             max_pending: prep.write_back_max.unwrap_or(arena.cap() as u64 / 2),
             concurrency: 32,
         });
+    }
+    if let Some((dir, size)) = &prep.spill {
+        let spill = crate::cache::spill::Spill::create(dir, *size, &arena)
+            .map_err(|e| format!("--spill-dir: {e}"))?;
+        tracing::info!(dir = %dir.display(), bytes = size, "sealed spill tier on");
+        cfg.spill = Some(spill);
     }
     let fs = Fs::new(cfg, store as Arc<dyn ObjectStore>, arena);
 

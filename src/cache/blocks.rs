@@ -6,6 +6,9 @@
 //! random reads, which fetch only about what they need. Concurrent readers of one block share
 //! a single GET. The cache holds at most `budget` bytes; eviction drops the cache's reference
 //! and the memory returns to the arena when the last reader is done with it.
+//!
+//! With a spill tier (`--spill-dir`), an evicted block that nobody is reading is sealed to
+//! disk instead of dropped, and a miss looks there before asking S3.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use super::arena::{Arena, LockedBuf};
+use super::spill::{block_aad, Spill};
 use crate::fs::error::{FsError, FsResult};
 use crate::s3::{ObjectStore, Sealing};
 
@@ -53,6 +57,7 @@ pub struct BlockCache {
     arena: Arena,
     budget: u64,
     lru: Mutex<Lru>,
+    spill: Option<Spill>,
 }
 
 impl BlockCache {
@@ -68,10 +73,35 @@ impl BlockCache {
                 tick: 0,
                 bytes: 0,
             }),
+            spill: None,
         }
     }
 
-    fn cell(&self, id: &BlockId) -> Cell {
+    /// Seal evicted blocks into `spill` and look there on a miss.
+    pub fn with_spill(mut self, spill: Option<Spill>) -> BlockCache {
+        self.spill = spill;
+        self
+    }
+
+    /// Seal blocks just evicted, when no reader still holds them (best effort, background).
+    fn spill_victims(&self, victims: Vec<(BlockId, Cell)>) {
+        let Some(spill) = &self.spill else { return };
+        for (id, cell) in victims {
+            let Some(buf) = Arc::try_unwrap(cell)
+                .ok()
+                .and_then(OnceCell::into_inner)
+                .and_then(|b| Arc::try_unwrap(b).ok())
+            else {
+                continue;
+            };
+            let aad = block_aad(&id.key, &id.etag, id.block_size, id.index);
+            let spill = spill.clone();
+            tokio::spawn(async move { spill.put_clean(aad, id.block_size, buf).await });
+        }
+    }
+
+    /// The cell of `id` (new if absent) and the blocks evicted to make room for it.
+    fn cell(&self, id: &BlockId) -> (Cell, Vec<(BlockId, Cell)>) {
         let mut lru = self.lru.lock().unwrap();
         lru.tick += 1;
         let tick = lru.tick;
@@ -79,21 +109,23 @@ impl BlockCache {
             lru.order.remove(&old);
             lru.order.insert(tick, id.clone());
             lru.map.insert(id.clone(), (cell.clone(), tick));
-            return cell;
+            return (cell, Vec::new());
         }
         let cell: Cell = Arc::default();
         lru.map.insert(id.clone(), (cell.clone(), tick));
         lru.order.insert(tick, id.clone());
         lru.bytes += id.block_size;
+        let mut victims = Vec::new();
         while lru.bytes > self.budget {
             let Some((_, victim)) = lru.order.pop_first() else {
                 break;
             };
-            if lru.map.remove(&victim).is_some() {
+            if let Some((c, _)) = lru.map.remove(&victim) {
                 lru.bytes -= victim.block_size;
+                victims.push((victim, c));
             }
         }
-        cell
+        (cell, victims)
     }
 
     fn forget(&self, id: &BlockId) {
@@ -106,6 +138,9 @@ impl BlockCache {
 
     /// Drop every cached block of `key` (after we overwrote or deleted it).
     pub fn invalidate(&self, key: &str) {
+        if let Some(spill) = &self.spill {
+            spill.forget_clean(key);
+        }
         let mut lru = self.lru.lock().unwrap();
         let victims: Vec<BlockId> = lru.map.keys().filter(|id| id.key == key).cloned().collect();
         for id in victims {
@@ -129,9 +164,16 @@ impl BlockCache {
             block_size,
             index,
         };
-        let cell = self.cell(&id);
+        let (cell, victims) = self.cell(&id);
+        self.spill_victims(victims);
         let result = cell
             .get_or_try_init(|| async {
+                if let Some(spill) = &self.spill {
+                    let aad = block_aad(&id.key, &id.etag, block_size, index);
+                    if let Some(buf) = spill.get_clean(&aad, &self.arena).await {
+                        return Ok(Arc::new(buf));
+                    }
+                }
                 let start = index * block_size;
                 let len = block_size.min(obj.size.saturating_sub(start)) as usize;
                 let mut buf = self.arena.alloc(len).await?;
@@ -295,6 +337,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 50);
+    }
+
+    #[tokio::test]
+    async fn evicted_blocks_come_back_from_the_spill_tier() {
+        let mem = MemStore::new("k");
+        let data: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8).collect();
+        mem.put("o", bytes::Bytes::from(data.clone()), &Metadata::new())
+            .await
+            .unwrap();
+        let info = mem.head("o").await.unwrap();
+        let obj = ObjectRef {
+            key: "o".into(),
+            etag: info.etag,
+            size: info.size,
+            sealing: Sealing::PRIMARY,
+        };
+        let arena = Arena::with_cap_unchecked(16 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::create(dir.path(), 8 << 20, &arena).unwrap();
+        // the budget (2 MiB) holds half the object
+        let cache =
+            BlockCache::new(Arc::new(mem.clone()), arena, 0).with_spill(Some(spill.clone()));
+        let mut out = vec![0u8; SMALL_BLOCK as usize];
+        for _pass in 0..2 {
+            for i in 0..(data.len() as u64 / SMALL_BLOCK) {
+                cache
+                    .read(&obj, i * SMALL_BLOCK, &mut out, SMALL_BLOCK)
+                    .await
+                    .unwrap();
+                assert_eq!(&out[..], &data[(i * SMALL_BLOCK) as usize..][..out.len()]);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(spill.stats().clean_blocks > 0);
+        // first pass: 64 GETs; second: the evicted half came from the spill tier
+        assert!(mem.counts()["get"] < 100, "{} GETs", mem.counts()["get"]);
+        // an overwrite forgets the object's spilled blocks
+        cache.invalidate("o");
+        assert_eq!(spill.stats().clean_blocks, 0);
     }
 
     #[tokio::test]

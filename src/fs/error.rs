@@ -1,6 +1,7 @@
 //! Filesystem errors and the one place they become errno values.
 
 use crate::cache::arena::ArenaError;
+use crate::cache::spill::SpillError;
 use crate::s3::S3Error;
 
 /// What went wrong in a filesystem operation.
@@ -32,6 +33,9 @@ pub enum FsError {
     S3(S3Error),
     #[error(transparent)]
     Memory(#[from] ArenaError),
+    /// Written data sealed in the spill tier could not be opened (tampered, or disk error).
+    #[error("spill tier: {0}")]
+    Spill(#[from] SpillError),
 }
 
 pub type FsResult<T> = Result<T, FsError>;
@@ -63,6 +67,8 @@ impl FsError {
             FsError::TooBig => libc::EFBIG,
             FsError::Memory(ArenaError::TooLarge { .. }) => libc::EFBIG,
             FsError::Memory(_) => libc::ENOMEM,
+            FsError::Spill(SpillError::Memory(_)) => libc::ENOMEM,
+            FsError::Spill(_) => libc::EIO,
             FsError::S3(e) => match e {
                 S3Error::NotFound => libc::ENOENT,
                 S3Error::WrongKey | S3Error::AccessDenied(_) => libc::EACCES,

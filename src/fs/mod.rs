@@ -25,6 +25,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::cache::arena::{Arena, LockedBuf};
 use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK, SMALL_BLOCK};
+use crate::cache::spill::Spill;
 use crate::s3::{ObjectInfo, ObjectStore, S3Error, S3Result, Sealing};
 use crate::upload::file::{Target, WriteContext};
 use crate::upload::{DirtyFile, UploadConfig};
@@ -51,6 +52,8 @@ pub struct FsConfig {
     /// Opt-in write-back: `close()` returns at once and the upload starts after a short
     /// delay; `None` is the durable-on-close default.
     pub write_back: Option<WriteBack>,
+    /// Sealed spill tier for evicted blocks and write chunks (`--spill-dir`); `None`: off.
+    pub spill: Option<Spill>,
 }
 
 /// Write-back settings (`--write-back`).
@@ -88,6 +91,7 @@ impl FsConfig {
             read_cache: 64 << 20,
             max_readahead: 32 << 20,
             write_back: None,
+            spill: None,
         }
     }
 }
@@ -206,11 +210,10 @@ fn valid_listed_name(name: &str) -> bool {
 impl Fs {
     /// A filesystem over `store`, with plaintext buffers from `arena`.
     pub fn new(cfg: FsConfig, store: Arc<dyn ObjectStore>, arena: Arena) -> Arc<Fs> {
-        let cache = Arc::new(BlockCache::new(
-            store.clone(),
-            arena.clone(),
-            cfg.read_cache,
-        ));
+        let cache = Arc::new(
+            BlockCache::new(store.clone(), arena.clone(), cfg.read_cache)
+                .with_spill(cfg.spill.clone()),
+        );
         let mut root = Attr::new(
             Kind::Dir,
             cfg.defaults.dir_perm,
@@ -234,6 +237,7 @@ impl Fs {
                 cache,
                 config: cfg.upload,
                 upload_slots: Arc::new(Semaphore::new(cfg.upload.part_concurrency.max(1) * 2)),
+                spill: cfg.spill.clone(),
             }),
             store,
             table: Mutex::new(Table::new(root)),

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::cache::arena::{Arena, LockedBuf};
 use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK};
+use crate::cache::spill::{part_aad, SealedPart, Spill};
 use crate::fs::error::{FsError, FsResult};
 use crate::s3::{CompletedPart, Metadata, ObjectStore, S3Error, Sealing, MAX_PARTS, MIN_PART};
 
@@ -39,7 +40,12 @@ pub struct WriteContext {
     pub config: UploadConfig,
     /// Upload slots shared by all files, so concurrent writers share bandwidth fairly.
     pub upload_slots: Arc<Semaphore>,
+    /// Where chunks go, sealed, when locked memory runs short (`--spill-dir`).
+    pub spill: Option<Spill>,
 }
+
+/// Identity of each `DirtyFile` for the associated data of its sealed parts.
+static NEXT_FILE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where a file's content goes when it is uploaded: its object key and metadata now.
 #[derive(Debug, Clone)]
@@ -61,7 +67,9 @@ fn body_of(buf: &Arc<LockedBuf>) -> Bytes {
     Bytes::from_owner(SharedBuf(buf.clone()))
 }
 
-type PartResult = (u64, Result<CompletedPart, S3Error>, Arc<LockedBuf>);
+/// A part upload's outcome; the buffer comes back only when it failed (on success it is
+/// released at once, not when the writer next settles: small caches would pin it).
+type PartResult = (u64, Result<CompletedPart, S3Error>, Option<Arc<LockedBuf>>);
 
 /// A multipart upload started while the application is still writing.
 struct Streaming {
@@ -88,7 +96,9 @@ impl Streaming {
                 }
                 Ok((i, Err(e), buf)) => {
                     tracing::warn!(part = i + 1, error = %e, "part upload failed; will retry at close");
-                    chunks.insert(i, buf);
+                    if let Some(buf) = buf {
+                        chunks.insert(i, buf);
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "part upload task failed"),
             }
@@ -106,6 +116,12 @@ pub struct DirtyFile {
     /// Changed chunks: index → buffer whose length is the valid bytes from the chunk start;
     /// bytes past it (up to the file size) are zeros.
     chunks: BTreeMap<u64, Arc<LockedBuf>>,
+    /// Changed chunks sealed in the spill tier while memory was short (never also in
+    /// `chunks`); opened again when touched or uploaded.
+    sealed: BTreeMap<u64, SealedPart>,
+    /// This file's identity and seal generation, bound into each sealed part.
+    id: u64,
+    seals: u64,
     streaming: Option<Streaming>,
     dirty: bool,
     /// chmod/chown/utimens arrived while writing: the metadata fixed when a streaming upload
@@ -122,6 +138,7 @@ impl std::fmt::Debug for DirtyFile {
             .field("size", &self.size)
             .field("base", &self.base.as_ref().map(|b| &b.key))
             .field("chunks", &self.chunks.len())
+            .field("sealed", &self.sealed.len())
             .field("dirty", &self.dirty)
             .finish()
     }
@@ -143,6 +160,9 @@ impl DirtyFile {
             base,
             size,
             chunks: BTreeMap::new(),
+            sealed: BTreeMap::new(),
+            id: NEXT_FILE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            seals: 0,
             streaming: None,
             meta_explicit: false,
             kept_meta: None,
@@ -195,6 +215,64 @@ impl DirtyFile {
         (start, (start + self.part).min(self.size.max(start)))
     }
 
+    /// With a spill tier, seal this file's chunks outside `keep` until `need` bytes of locked
+    /// memory are free (or nothing more can be sealed: then the caller waits for memory).
+    async fn make_room(&mut self, ctx: &WriteContext, need: usize, keep: (u64, u64)) {
+        let Some(spill) = &ctx.spill else { return };
+        let mut skip = std::collections::BTreeSet::new();
+        while ctx.arena.cap().saturating_sub(ctx.arena.in_use()) < need {
+            let Some(idx) = self
+                .chunks
+                .keys()
+                .copied()
+                .find(|&i| (i < keep.0 || i > keep.1) && !skip.contains(&i))
+            else {
+                return;
+            };
+            // a chunk shared with an upload being planned cannot move
+            if Arc::strong_count(&self.chunks[&idx]) > 1 {
+                skip.insert(idx);
+                continue;
+            }
+            let buf = Arc::try_unwrap(self.chunks.remove(&idx).unwrap()).expect("unique");
+            self.seals += 1;
+            match spill
+                .seal_part(part_aad(self.id, idx, self.seals), buf)
+                .await
+            {
+                Ok(part) => {
+                    tracing::debug!(part = idx + 1, "write chunk sealed to the spill tier");
+                    self.sealed.insert(idx, part);
+                }
+                Err((e, buf)) => {
+                    tracing::debug!(error = %e, "write chunk not spilled; waiting for memory");
+                    self.chunks.insert(idx, Arc::new(buf));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Bring chunk `idx` back from the spill tier into `chunks`, if it was sealed.
+    async fn unseal(&mut self, ctx: &WriteContext, idx: u64) -> FsResult<()> {
+        let Some(need) = self.sealed.get(&idx).map(SealedPart::len) else {
+            return Ok(());
+        };
+        self.make_room(ctx, need, (idx, idx)).await;
+        let part = self.sealed.remove(&idx).expect("checked above");
+        match part.open(&ctx.arena, need).await {
+            Ok(buf) => {
+                self.chunks.insert(idx, Arc::new(buf));
+                Ok(())
+            }
+            Err(e) => {
+                // keep it: every later access reports the loss too, nothing reads as zeros
+                self.sealed.insert(idx, part);
+                Err(e.into())
+            }
+        }
+    }
+
     /// Build the buffer for chunk `idx` holding at least `want` bytes: the base's bytes for
     /// that range (fetched) and zeros after.
     async fn load_chunk(&self, ctx: &WriteContext, idx: u64, want: usize) -> FsResult<LockedBuf> {
@@ -240,14 +318,20 @@ impl DirtyFile {
             let from = offset.max(cstart);
             let to = end.min(cstart + self.part);
             let (lo, hi) = ((from - cstart) as usize, (to - cstart) as usize);
+            self.unseal(ctx, idx).await?;
             let mut buf = match self.chunks.remove(&idx) {
                 Some(b) => Arc::try_unwrap(b).expect("no upload holds a chunk still in the map"),
-                // Past the first part the file is big: take the whole part at once rather
-                // than growing (and copying) the buffer as the writer fills it.
-                None if idx > 0 => self.load_chunk(ctx, idx, self.part as usize).await?,
-                None => self.load_chunk(ctx, idx, hi).await?,
+                None => {
+                    self.make_room(ctx, 2 * self.part as usize, (first, last))
+                        .await;
+                    // Past the first part the file is big: take the whole part at once
+                    // rather than growing (and copying) the buffer as the writer fills it.
+                    let want = if idx > 0 { self.part as usize } else { hi };
+                    self.load_chunk(ctx, idx, want).await?
+                }
             };
             if hi > buf.capacity() {
+                self.make_room(ctx, self.part as usize, (first, last)).await;
                 let mut bigger = ctx
                     .arena
                     .alloc(grow_capacity(hi, buf.capacity(), self.part as usize))
@@ -264,15 +348,23 @@ impl DirtyFile {
         }
         self.size = self.size.max(end);
         self.dirty = true;
-        self.stream_full_chunks(ctx, target).await
+        self.stream_full_chunks(ctx, target, first).await
     }
 
-    /// Send chunks that are full and behind the writer as parts of a streaming upload.
-    async fn stream_full_chunks(&mut self, ctx: &WriteContext, target: &Target) -> FsResult<()> {
+    /// Send chunks that are full and behind the writer (before both the end of the file and
+    /// the chunk being written, `writing`) as parts of a streaming upload. A chunk full only
+    /// because it was loaded from the base is not sent while the writer is still in it (an
+    /// in-place edit, e.g. `rsync --inplace`, would otherwise re-upload the object at once).
+    async fn stream_full_chunks(
+        &mut self,
+        ctx: &WriteContext,
+        target: &Target,
+        writing: u64,
+    ) -> FsResult<()> {
         if self.size <= self.part {
             return Ok(());
         }
-        let last = (self.size - 1) / self.part;
+        let last = ((self.size - 1) / self.part).min(writing);
         let ready: Vec<u64> = self
             .chunks
             .range(..last)
@@ -310,7 +402,8 @@ impl DirtyFile {
                         .upload_part(&key, &upload_id, idx as i32 + 1, body_of(&buf))
                         .await;
                     tracing::debug!(part = idx + 1, ok = r.is_ok(), "part upload done");
-                    (idx, r, buf)
+                    let keep = r.is_err().then_some(buf);
+                    (idx, r, keep)
                 }),
             );
         }
@@ -346,6 +439,7 @@ impl DirtyFile {
             let piece_end = end.min(cstart + self.part);
             let dst = &mut out[(pos - offset) as usize..(piece_end - offset) as usize];
             dst.fill(0);
+            self.unseal(ctx, idx).await?;
             if let Some(chunk) = self.chunks.get(&idx) {
                 let lo = (pos - cstart) as usize;
                 let hi = ((piece_end - cstart) as usize).min(chunk.len());
@@ -381,8 +475,10 @@ impl DirtyFile {
             self.base_valid = self.base_valid.min(new_size);
             let keep_upto = new_size.div_ceil(self.part);
             self.chunks.retain(|&i, _| i < keep_upto);
+            self.sealed.retain(|&i, _| i < keep_upto);
             let idx = new_size / self.part;
             let within = (new_size - idx * self.part) as usize;
+            self.unseal(ctx, idx).await?;
             if let Some(chunk) = self.chunks.get_mut(&idx) {
                 let chunk = Arc::get_mut(chunk).expect("no upload holds a chunk in the map");
                 if chunk.len() > within {
@@ -428,6 +524,7 @@ impl DirtyFile {
         self.base = Some(obj.clone());
         self.base_valid = self.size;
         self.chunks.clear();
+        self.sealed.clear();
         self.dirty = false;
         self.meta_explicit = false;
         Ok(obj)
@@ -441,6 +538,8 @@ impl DirtyFile {
         idx: u64,
         len: usize,
     ) -> FsResult<Arc<LockedBuf>> {
+        self.make_room(ctx, 2 * len, (idx, idx)).await;
+        self.unseal(ctx, idx).await?;
         let buf = match self.chunks.remove(&idx) {
             Some(b) => b,
             None => Arc::new(self.load_chunk(ctx, idx, len).await?),
@@ -467,6 +566,10 @@ impl DirtyFile {
         if let Some(s) = &mut self.streaming {
             s.settle(&mut self.chunks, 0).await;
         }
+        if !self.sealed.is_empty() {
+            // sealed parts are opened one part at a time below: make sure one fits
+            self.make_room(ctx, self.part as usize, (u64::MAX, 0)).await;
+        }
         let (key, upload_id, streamed_meta) = match &self.streaming {
             Some(s) => (s.key.clone(), s.upload_id.clone(), Some(s.meta.clone())),
             None => (
@@ -486,6 +589,9 @@ impl DirtyFile {
         enum Plan {
             Done(CompletedPart),
             Upload(Arc<LockedBuf>),
+            /// Sealed in the spill tier: opened only when its turn to upload comes, so a file
+            /// larger than the arena uploads in bounded memory.
+            Sealed(u64, usize),
             Copy(u64, u64),
         }
         let mut plans = Vec::with_capacity(n as usize);
@@ -493,15 +599,43 @@ impl DirtyFile {
             let (start, end) = self.chunk_range(idx);
             let plan = if let Some(e) = done.get(&idx) {
                 Plan::Done(e.clone())
+            } else if self.sealed.contains_key(&idx) {
+                Plan::Sealed(idx, (end - start) as usize)
             } else if !self.chunks.contains_key(&idx) && end <= self.base_valid && end > start {
                 Plan::Copy(start, end)
             } else {
-                Plan::Upload(self.materialize(ctx, idx, (end - start) as usize).await?)
+                let len = (end - start) as usize;
+                let buf = self.materialize(ctx, idx, len).await?;
+                match &ctx.spill {
+                    // memory is short: seal it now, open it when its turn comes
+                    Some(spill) if ctx.arena.cap().saturating_sub(ctx.arena.in_use()) < 2 * len => {
+                        drop(buf);
+                        let buf = Arc::try_unwrap(self.chunks.remove(&idx).expect("materialized"))
+                            .expect("only the map holds it");
+                        self.seals += 1;
+                        match spill
+                            .seal_part(part_aad(self.id, idx, self.seals), buf)
+                            .await
+                        {
+                            Ok(part) => {
+                                self.sealed.insert(idx, part);
+                                Plan::Sealed(idx, len)
+                            }
+                            Err((_, buf)) => {
+                                let buf = Arc::new(buf);
+                                self.chunks.insert(idx, buf.clone());
+                                Plan::Upload(buf)
+                            }
+                        }
+                    }
+                    _ => Plan::Upload(buf),
+                }
             };
             plans.push(plan);
         }
         let base = self.base.clone();
-        let results: Vec<Result<CompletedPart, S3Error>> =
+        let sealed = &self.sealed;
+        let results: Vec<Result<CompletedPart, FsError>> =
             futures::stream::iter(plans.into_iter().enumerate().map(|(i, plan)| {
                 let (store, slots) = (ctx.store.clone(), ctx.upload_slots.clone());
                 let (key, upload_id, base) = (key.clone(), upload_id.clone(), base.clone());
@@ -513,6 +647,14 @@ impl DirtyFile {
                             let _slot = slots.acquire().await;
                             store
                                 .upload_part(&key, &upload_id, number, body_of(&buf))
+                                .await?
+                        }
+                        Plan::Sealed(idx, len) => {
+                            let _slot = slots.acquire().await;
+                            let mut buf = sealed[&idx].open(&ctx.arena, len).await?;
+                            buf.set_len(len);
+                            store
+                                .upload_part(&key, &upload_id, number, body_of(&Arc::new(buf)))
                                 .await?
                         }
                         Plan::Copy(s, e) => {
@@ -539,7 +681,11 @@ impl DirtyFile {
             .await;
         let parts: Result<Vec<_>, _> = results.into_iter().collect();
         let outcome = match parts {
-            Ok(parts) => ctx.store.complete_multipart(&key, &upload_id, parts).await,
+            Ok(parts) => ctx
+                .store
+                .complete_multipart(&key, &upload_id, parts)
+                .await
+                .map_err(FsError::from),
             Err(e) => Err(e),
         };
         match outcome {
@@ -585,7 +731,7 @@ impl DirtyFile {
                 if self.streaming.is_none() {
                     let _ = ctx.store.abort_multipart(&key, &upload_id).await;
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -597,6 +743,7 @@ impl DirtyFile {
             let _ = ctx.store.abort_multipart(&s.key, &s.upload_id).await;
         }
         self.chunks.clear();
+        self.sealed.clear();
         self.dirty = false;
     }
 }
@@ -620,10 +767,29 @@ mod tests {
     const P: u64 = 5 << 20;
 
     fn ctx(mem: &MemStore) -> WriteContext {
-        let arena = Arena::with_cap_unchecked(256 << 20);
+        ctx_with(mem, 256 << 20, None)
+    }
+
+    /// A small arena with a spill tier of `spill` bytes in `dir`.
+    fn spill_ctx(mem: &MemStore, arena: usize, dir: &std::path::Path, spill: u64) -> WriteContext {
+        ctx_with(mem, arena, Some((dir, spill)))
+    }
+
+    fn ctx_with(
+        mem: &MemStore,
+        cap: usize,
+        spill: Option<(&std::path::Path, u64)>,
+    ) -> WriteContext {
+        let arena = Arena::with_cap_unchecked(cap);
+        let spill = spill.map(|(d, n)| Spill::create(d, n, &arena).unwrap());
         let store: Arc<dyn ObjectStore> = Arc::new(mem.clone());
         WriteContext {
-            cache: Arc::new(BlockCache::new(store.clone(), arena.clone(), 32 << 20)),
+            // as in a mount, the read cache gets part of the arena, not more than all of it
+            cache: Arc::new(BlockCache::new(
+                store.clone(),
+                arena.clone(),
+                (cap as u64 / 4).min(32 << 20),
+            )),
             store,
             arena,
             config: UploadConfig {
@@ -631,6 +797,7 @@ mod tests {
                 part_concurrency: 4,
             },
             upload_slots: Arc::new(Semaphore::new(8)),
+            spill,
         }
     }
 
@@ -703,11 +870,66 @@ mod tests {
         assert_eq!(mem.counts()["upload_part_copy"], 20);
     }
 
+    /// A file 3× the arena written at random offsets: chunks are sealed to the spill tier
+    /// instead of the writer waiting forever for memory, and the upload is exact.
+    #[tokio::test]
+    async fn random_writes_larger_than_the_arena_go_through_the_spill_tier() {
+        let mem = MemStore::new("k");
+        let dir = tempfile::tempdir().unwrap();
+        let c = spill_ctx(&mem, 4 * P as usize, dir.path(), 64 * P);
+        let t = target("r");
+        let total = 12 * P as usize;
+        let piece = 1 << 20;
+        let mut order: Vec<usize> = (0..total / piece).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
+        let pattern = |i: usize| (i.wrapping_mul(2654435761) >> 7) as u8;
+        let expect: Vec<u8> = (0..total).map(pattern).collect();
+        let mut f = DirtyFile::new(None, &c.config);
+        let write = async {
+            for &p in &order {
+                let off = p * piece;
+                f.write(&c, &t, off as u64, &expect[off..off + piece])
+                    .await
+                    .unwrap();
+            }
+            // reads see sealed data too
+            let mut out = vec![0u8; 3 << 20];
+            let n = f.read(&c, &t, 7 << 20, &mut out).await.unwrap();
+            assert_eq!(&out[..n], &expect[7 << 20..(7 << 20) + n]);
+            f.flush(&c, &t).await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), write)
+            .await
+            .expect("writes larger than the arena must not hang with a spill tier");
+        assert_eq!(mem.raw("r").unwrap(), expect);
+        assert!(c.arena.in_use() <= c.arena.cap());
+        assert_eq!(
+            c.spill.as_ref().unwrap().stats().dirty_parts,
+            0,
+            "slots freed"
+        );
+    }
+
     /// Random writes, truncates and reads against a plain Vec model.
     #[tokio::test]
     async fn random_operations_match_a_model() {
-        let mem = MemStore::new("k");
-        let c = ctx(&mem);
+        model_test(&MemStore::new("k"), ctx).await;
+    }
+
+    /// The same with an arena of 3 parts and a spill tier: chunks move in and out of it.
+    #[tokio::test]
+    async fn random_operations_match_a_model_through_the_spill_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        model_test(&MemStore::new("k"), |mem| {
+            spill_ctx(mem, 3 * P as usize, dir.path(), 64 * P)
+        })
+        .await;
+    }
+
+    async fn model_test(mem: &MemStore, make: impl Fn(&MemStore) -> WriteContext) {
+        let mem = mem.clone();
+        let c = make(&mem);
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x55ecf5);
         let mut model: Vec<u8> = Vec::new();
         let mut f = DirtyFile::new(None, &c.config);

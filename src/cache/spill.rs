@@ -1,0 +1,834 @@
+//! The sealed spill tier: ciphertext on local disk for data that no longer fits in the arena.
+//!
+//! Why: the locked arena is small (it is RAM the kernel may never swap), so a working set
+//! larger than `--cache-size` is refetched from S3 again and again, and a file written at
+//! random offsets that is larger than the cap cannot be buffered at all. The spill tier (opt-in,
+//! `--spill-dir`/`--spill-size`) keeps such data on a local disk, but only sealed: AES-256-GCM
+//! under a key made fresh at mount time that lives only in the arena and dies with the process
+//! (crypto-shredding: nothing on disk can ever be opened once the mount is gone).
+//!
+//! Design:
+//! - **Files**: one file per slot size (cache blocks and write parts differ), created with mode
+//!   0600 as `O_TMPFILE` (never linked) or, where the filesystem lacks it, created and unlinked
+//!   at once. Nothing is left in the directory, even after a crash.
+//! - **Slots**: fixed-size (`size` bytes of ciphertext + a 16-byte tag), a free list per file,
+//!   positional I/O (`pread`/`pwrite`) outside the lock. Space is bounded by `--spill-size`:
+//!   the sum of file lengths never exceeds it; trailing free slots are truncated away.
+//! - **Sealing in place**: a buffer is encrypted inside its own [`LockedBuf`] and written out;
+//!   opening reads into a fresh `LockedBuf` and decrypts there (the tag is checked first), so
+//!   plaintext never exists outside locked memory. Nonces are 4 random bytes and a 64-bit
+//!   counter: never reused under one key. The identity of the data (object key, ETag, block;
+//!   or file, part, generation) is the associated data, so a slot moved, swapped or replayed
+//!   on disk fails its tag like a flipped bit does.
+//! - **Two kinds of data**: *clean* cache blocks can be refetched, so they sit in an LRU and
+//!   are dropped when space is needed or their tag fails. *Dirty* write parts exist nowhere
+//!   else: each is a [`SealedPart`] owned by its file, never evicted; when the tier is full of
+//!   them, sealing fails and the writer waits for memory as it does without a spill tier.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aes_gcm::aead::{AeadInPlace, KeyInit, OsRng};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+
+use super::arena::{Arena, ArenaError, LockedBuf};
+
+/// Bytes of the GCM tag stored after each slot's ciphertext.
+pub const TAG_LEN: u64 = 16;
+/// Key length (AES-256).
+const KEY_LEN: usize = 32;
+
+/// Why the spill tier could not be set up, or could not seal or open something.
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    /// The directory could not be used.
+    #[error("spill directory {dir}: {source}; pass an existing directory on a local disk that this user can write")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing a spill file failed.
+    #[error("spill file I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// No slot is free and no clean block can be dropped (the tier is full of dirty data).
+    #[error("spill tier full ({cap} bytes)")]
+    Full { cap: u64 },
+    /// The tag did not verify: the file was tampered with or corrupted.
+    #[error("spilled data failed its integrity check (tampering or disk corruption)")]
+    Tampered,
+    /// No locked memory for the key or for opening a slot.
+    #[error(transparent)]
+    Memory(#[from] ArenaError),
+}
+
+/// Where one sealed buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    /// Ciphertext capacity of the slot's file (its size class).
+    class: u64,
+    index: u64,
+}
+
+/// What is needed to open a slot again, besides the associated data.
+#[derive(Debug, Clone, Copy)]
+struct Sealed {
+    slot: Slot,
+    len: usize,
+    nonce: [u8; 12],
+}
+
+/// One spill file: all slots of one size.
+struct Class {
+    file: Arc<File>,
+    slots: u64,
+    free: BTreeSet<u64>,
+}
+
+struct State {
+    classes: HashMap<u64, Class>,
+    /// Sum of file lengths (what `--spill-size` bounds).
+    bytes: u64,
+    /// Clean cache blocks by their associated data, with their LRU tick.
+    clean: HashMap<Vec<u8>, (Sealed, u64)>,
+    lru: BTreeMap<u64, Vec<u8>>,
+    tick: u64,
+    /// Slots held by dirty write parts.
+    dirty: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    cap: u64,
+    /// The only copy of the key: one locked, non-dumpable page, wiped when the tier is dropped.
+    key: LockedBuf,
+    nonce_prefix: [u8; 4],
+    counter: AtomicU64,
+    state: Mutex<State>,
+    tamper_logged: AtomicBool,
+}
+
+/// Handle to the spill tier of one mount; cheap to clone.
+#[derive(Clone)]
+pub struct Spill {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Spill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // never the key
+        let s = self.stats();
+        f.debug_struct("Spill")
+            .field("dir", &self.inner.dir)
+            .field("cap", &self.inner.cap)
+            .field("bytes", &s.bytes)
+            .field("clean", &s.clean_blocks)
+            .field("dirty", &s.dirty_parts)
+            .finish()
+    }
+}
+
+/// Counters for tests and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpillStats {
+    /// Bytes of spill files (slots, used or free).
+    pub bytes: u64,
+    /// Clean cache blocks held.
+    pub clean_blocks: usize,
+    /// Dirty write parts held.
+    pub dirty_parts: u64,
+}
+
+/// Associated data of a clean cache block: its full identity, length-prefixed.
+pub fn block_aad(key: &str, etag: &str, block_size: u64, index: u64) -> Vec<u8> {
+    let mut aad = block_key_prefix(key);
+    push_field(&mut aad, etag.as_bytes());
+    aad.extend_from_slice(&block_size.to_le_bytes());
+    aad.extend_from_slice(&index.to_le_bytes());
+    aad
+}
+
+/// The start of [`block_aad`] shared by every block of one object key (for invalidation).
+fn block_key_prefix(key: &str) -> Vec<u8> {
+    let mut aad = b"ssecfs-block\0".to_vec();
+    push_field(&mut aad, key.as_bytes());
+    aad
+}
+
+/// Associated data of a dirty write part: file identity, part index and seal generation.
+pub fn part_aad(file: u64, part: u64, generation: u64) -> Vec<u8> {
+    let mut aad = b"ssecfs-part\0".to_vec();
+    aad.extend_from_slice(&file.to_le_bytes());
+    aad.extend_from_slice(&part.to_le_bytes());
+    aad.extend_from_slice(&generation.to_le_bytes());
+    aad
+}
+
+fn push_field(aad: &mut Vec<u8>, field: &[u8]) {
+    aad.extend_from_slice(&(field.len() as u64).to_le_bytes());
+    aad.extend_from_slice(field);
+}
+
+/// Create an anonymous 0600 file in `dir`: `O_TMPFILE`, else create-and-unlink.
+fn anonymous_file(dir: &Path) -> std::io::Result<File> {
+    let tmp = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir);
+    match tmp {
+        Ok(f) => return Ok(f),
+        Err(e)
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+            ) =>
+        {
+            return Err(e)
+        }
+        Err(_) => {}
+    }
+    for attempt in 0..16u32 {
+        let mut r = [0u8; 8];
+        aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut OsRng, &mut r);
+        let path = dir.join(format!(
+            ".ssecfs-spill-{}-{:016x}-{attempt}",
+            std::process::id(),
+            u64::from_le_bytes(r)
+        ));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => {
+                std::fs::remove_file(&path)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no unused spill file name"))
+}
+
+impl Spill {
+    /// Set up a spill tier of at most `cap` bytes in `dir`, with a fresh key in `arena`.
+    ///
+    /// The directory must exist; a probe file is created (and unlinked) so a bad directory
+    /// fails the mount instead of the first eviction.
+    pub fn create(dir: &Path, cap: u64, arena: &Arena) -> Result<Spill, SpillError> {
+        let meta = std::fs::metadata(dir).map_err(|source| SpillError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(SpillError::Dir {
+                dir: dir.to_owned(),
+                source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            });
+        }
+        drop(anonymous_file(dir).map_err(|source| SpillError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?);
+        let mut key = match arena.try_alloc(KEY_LEN) {
+            Some(r) => r?,
+            None => return Err(SpillError::Full { cap: 0 }),
+        };
+        aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut OsRng, &mut key);
+        let mut nonce_prefix = [0u8; 4];
+        aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut OsRng, &mut nonce_prefix);
+        Ok(Spill {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                cap,
+                key,
+                nonce_prefix,
+                counter: AtomicU64::new(0),
+                state: Mutex::new(State {
+                    classes: HashMap::new(),
+                    bytes: 0,
+                    clean: HashMap::new(),
+                    lru: BTreeMap::new(),
+                    tick: 0,
+                    dirty: 0,
+                }),
+                tamper_logged: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The configured bound in bytes.
+    pub fn cap(&self) -> u64 {
+        self.inner.cap
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> SpillStats {
+        let st = self.inner.state.lock().unwrap();
+        SpillStats {
+            bytes: st.bytes,
+            clean_blocks: st.clean.len(),
+            dirty_parts: st.dirty,
+        }
+    }
+
+    /// Keep a clean cache block evicted from the arena (best effort: a full tier or an I/O
+    /// error just drops it, S3 still has it). `class` is the block size.
+    pub async fn put_clean(&self, aad: Vec<u8>, class: u64, buf: LockedBuf) {
+        {
+            let mut st = self.inner.state.lock().unwrap();
+            st.tick += 1;
+            let tick = st.tick;
+            if let Some((_, old)) = st.clean.get(&aad).map(|(s, t)| (*s, *t)) {
+                // already sealed from an earlier eviction: the data cannot have changed
+                st.lru.remove(&old);
+                st.lru.insert(tick, aad.clone());
+                st.clean.get_mut(&aad).unwrap().1 = tick;
+                return;
+            }
+        }
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let sealed = me.seal_blocking(&aad, class, buf, false);
+            (me, aad, sealed)
+        })
+        .await;
+        match r {
+            Ok((me, aad, Ok(sealed))) => {
+                let mut st = me.inner.state.lock().unwrap();
+                st.tick += 1;
+                let tick = st.tick;
+                if let Some((dup, old)) = st.clean.insert(aad.clone(), (sealed, tick)) {
+                    // a concurrent eviction of the same block won: keep one
+                    st.lru.remove(&old);
+                    me.free_slot(&mut st, dup.slot);
+                }
+                st.lru.insert(tick, aad);
+            }
+            Ok((_, _, Err((e, _buf)))) => tracing::trace!(error = %e, "block not spilled"),
+            Err(e) => tracing::warn!(error = %e, "spill task failed"),
+        }
+    }
+
+    /// A clean block from the tier, opened into the arena; `None` when it is not there or
+    /// failed its check (then it is dropped, logged once, and the caller refetches it).
+    pub async fn get_clean(&self, aad: &[u8], arena: &Arena) -> Option<LockedBuf> {
+        let sealed = {
+            let mut st = self.inner.state.lock().unwrap();
+            let (sealed, old) = *st.clean.get(aad)?;
+            st.tick += 1;
+            let tick = st.tick;
+            st.lru.remove(&old);
+            st.lru.insert(tick, aad.to_vec());
+            st.clean.get_mut(aad).unwrap().1 = tick;
+            sealed
+        };
+        let buf = arena.alloc(sealed.len).await.ok()?;
+        match self.open_into(sealed, aad.to_vec(), buf).await {
+            Ok(buf) => Some(buf),
+            Err(e) => {
+                self.report_failure(&e);
+                let mut st = self.inner.state.lock().unwrap();
+                if let Some((s, t)) = st.clean.get(aad).copied() {
+                    if s.slot == sealed.slot && s.nonce == sealed.nonce {
+                        st.clean.remove(aad);
+                        st.lru.remove(&t);
+                        self.free_slot(&mut st, s.slot);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Drop every clean block of object `key` (it was overwritten or deleted).
+    pub fn forget_clean(&self, key: &str) {
+        let prefix = block_key_prefix(key);
+        let mut st = self.inner.state.lock().unwrap();
+        let victims: Vec<Vec<u8>> = st
+            .clean
+            .keys()
+            .filter(|a| a.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for aad in victims {
+            if let Some((s, t)) = st.clean.remove(&aad) {
+                st.lru.remove(&t);
+                self.free_slot(&mut st, s.slot);
+            }
+        }
+    }
+
+    /// Seal a dirty write part (its only copy) to disk, releasing its locked memory. On
+    /// failure the buffer comes back intact (decrypted again if it was already sealed).
+    pub async fn seal_part(
+        &self,
+        aad: Vec<u8>,
+        buf: LockedBuf,
+    ) -> Result<SealedPart, (SpillError, LockedBuf)> {
+        let me = self.clone();
+        let class = buf.capacity() as u64;
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = me.seal_blocking(&aad, class, buf, true);
+            (me, aad, r)
+        })
+        .await
+        .expect("spill seal task does not panic");
+        match joined {
+            (me, aad, Ok(sealed)) => Ok(SealedPart {
+                spill: me,
+                sealed,
+                aad,
+            }),
+            (_, _, Err(e)) => Err(e),
+        }
+    }
+
+    fn report_failure(&self, e: &SpillError) {
+        if matches!(e, SpillError::Tampered) {
+            if !self.inner.tamper_logged.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    dir = %self.inner.dir.display(),
+                    "a spilled block failed its integrity check: the spill file was tampered \
+                     with or the disk corrupted it; the block is dropped and fetched again \
+                     (logged once)"
+                );
+            }
+        } else {
+            tracing::warn!(error = %e, "reading the spill tier failed; fetching again");
+        }
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        // The expanded key lives on this thread's stack for one operation and is wiped on drop
+        // (aes/aes-gcm `zeroize`); the key itself stays in the locked page.
+        Aes256Gcm::new_from_slice(&self.inner.key[..KEY_LEN]).expect("a 32-byte key")
+    }
+
+    fn next_nonce(&self) -> [u8; 12] {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        assert!(n < u64::MAX, "spill nonce counter exhausted");
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&self.inner.nonce_prefix);
+        nonce[4..].copy_from_slice(&n.to_be_bytes());
+        nonce
+    }
+
+    /// Reserve a slot of `class` bytes: a free one, a new one within the bound, or one freed
+    /// by dropping least-recently-used clean blocks.
+    fn reserve(&self, class: u64) -> Result<(Slot, Arc<File>), SpillError> {
+        let stride = class + TAG_LEN;
+        let mut st = self.inner.state.lock().unwrap();
+        loop {
+            if let Some(c) = st.classes.get_mut(&class) {
+                if let Some(index) = c.free.pop_first() {
+                    return Ok((Slot { class, index }, c.file.clone()));
+                }
+            }
+            if st.bytes + stride <= self.inner.cap {
+                if let std::collections::hash_map::Entry::Vacant(e) = st.classes.entry(class) {
+                    e.insert(Class {
+                        file: Arc::new(anonymous_file(&self.inner.dir)?),
+                        slots: 0,
+                        free: BTreeSet::new(),
+                    });
+                }
+                st.bytes += stride;
+                let c = st.classes.get_mut(&class).unwrap();
+                let index = c.slots;
+                c.slots += 1;
+                return Ok((Slot { class, index }, c.file.clone()));
+            }
+            let Some((_, victim)) = st.lru.pop_first() else {
+                return Err(SpillError::Full {
+                    cap: self.inner.cap,
+                });
+            };
+            if let Some((s, _)) = st.clean.remove(&victim) {
+                self.free_slot(&mut st, s.slot);
+            }
+        }
+    }
+
+    /// Return a slot; trailing free slots are cut off the file so the space goes back.
+    fn free_slot(&self, st: &mut State, slot: Slot) {
+        let stride = slot.class + TAG_LEN;
+        let Some(c) = st.classes.get_mut(&slot.class) else {
+            return;
+        };
+        c.free.insert(slot.index);
+        let before = c.slots;
+        while c.slots > 0 && c.free.remove(&(c.slots - 1)) {
+            c.slots -= 1;
+        }
+        if c.slots < before {
+            if let Err(e) = c.file.set_len(c.slots * stride) {
+                tracing::debug!(error = %e, "could not shrink a spill file");
+            }
+            st.bytes -= (before - c.slots) * stride;
+        }
+    }
+
+    /// Encrypt `buf` in place and write it to a new slot. On error, `buf` is returned with its
+    /// plaintext restored.
+    fn seal_blocking(
+        &self,
+        aad: &[u8],
+        class: u64,
+        mut buf: LockedBuf,
+        dirty: bool,
+    ) -> Result<Sealed, (SpillError, LockedBuf)> {
+        let len = buf.len();
+        if len as u64 > class {
+            return Err((SpillError::Full { cap: class }, buf));
+        }
+        let (slot, file) = match self.reserve(class) {
+            Ok(r) => r,
+            Err(e) => return Err((e, buf)),
+        };
+        let nonce = self.next_nonce();
+        let cipher = self.cipher();
+        let tag = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf)
+            .expect("buffers are far below the GCM length limit");
+        let off = slot.index * (class + TAG_LEN);
+        let written = file
+            .write_all_at(&buf, off)
+            .and_then(|()| file.write_all_at(&tag, off + class));
+        if let Err(e) = written {
+            cipher
+                .decrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf, &tag)
+                .expect("our own ciphertext opens");
+            let mut st = self.inner.state.lock().unwrap();
+            self.free_slot(&mut st, slot);
+            return Err((e.into(), buf));
+        }
+        if dirty {
+            self.inner.state.lock().unwrap().dirty += 1;
+        }
+        // `buf` now holds ciphertext; dropping it wipes it and returns the memory.
+        Ok(Sealed { slot, len, nonce })
+    }
+
+    /// Read a slot into `buf` (sized to the sealed length) and open it there.
+    async fn open_into(
+        &self,
+        sealed: Sealed,
+        aad: Vec<u8>,
+        mut buf: LockedBuf,
+    ) -> Result<LockedBuf, SpillError> {
+        let file = {
+            let st = self.inner.state.lock().unwrap();
+            st.classes
+                .get(&sealed.slot.class)
+                .map(|c| c.file.clone())
+                .ok_or(SpillError::Tampered)?
+        };
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            buf.set_len(sealed.len);
+            let class = sealed.slot.class;
+            let off = sealed.slot.index * (class + TAG_LEN);
+            let mut tag = [0u8; TAG_LEN as usize];
+            file.read_exact_at(&mut buf, off)?;
+            file.read_exact_at(&mut tag, off + class)?;
+            me.cipher()
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(&sealed.nonce),
+                    &aad,
+                    &mut buf,
+                    Tag::from_slice(&tag),
+                )
+                .map_err(|_| SpillError::Tampered)?;
+            Ok(buf)
+        })
+        .await
+        .expect("spill open task does not panic")
+    }
+}
+
+/// A dirty write part sealed in the spill tier: the only copy of that data. Dropping it frees
+/// the slot (after the part was uploaded, truncated away or discarded).
+pub struct SealedPart {
+    spill: Spill,
+    sealed: Sealed,
+    aad: Vec<u8>,
+}
+
+impl fmt::Debug for SealedPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedPart({} bytes)", self.sealed.len)
+    }
+}
+
+impl SealedPart {
+    /// Bytes of data sealed.
+    pub fn len(&self) -> usize {
+        self.sealed.len
+    }
+
+    /// Whether no bytes were sealed.
+    pub fn is_empty(&self) -> bool {
+        self.sealed.len == 0
+    }
+
+    /// Open a copy into a new locked buffer of at least `capacity` bytes (the slot stays
+    /// reserved until this handle is dropped, so a failed upload loses nothing). A failed
+    /// check is an error: there is no other copy of dirty data.
+    pub async fn open(&self, arena: &Arena, capacity: usize) -> Result<LockedBuf, SpillError> {
+        let buf = arena.alloc(capacity.max(self.sealed.len)).await?;
+        let r = self
+            .spill
+            .open_into(self.sealed, self.aad.clone(), buf)
+            .await;
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "a sealed write part could not be opened: its data is lost");
+        }
+        r
+    }
+}
+
+impl Drop for SealedPart {
+    fn drop(&mut self) {
+        let mut st = self.spill.inner.state.lock().unwrap();
+        st.dirty -= 1;
+        self.spill.free_slot(&mut st, self.sealed.slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(cap: u64) -> (tempfile::TempDir, Arena, Spill) {
+        let dir = tempfile::tempdir().unwrap();
+        let arena = Arena::with_cap_unchecked(8 << 20);
+        let spill = Spill::create(dir.path(), cap, &arena).unwrap();
+        (dir, arena, spill)
+    }
+
+    async fn filled(arena: &Arena, len: usize, byte: u8) -> LockedBuf {
+        let mut b = arena.alloc(len).await.unwrap();
+        b.fill(byte);
+        b
+    }
+
+    impl Spill {
+        /// The spill files of this tier (as /proc/PID/fd would give them to an attacker).
+        fn files(&self) -> Vec<Arc<File>> {
+            let st = self.inner.state.lock().unwrap();
+            st.classes.values().map(|c| c.file.clone()).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_leaves_nothing_in_the_directory() {
+        let (dir, arena, spill) = tier(1 << 20);
+        let aad = block_aad("k", "e", 4096, 3);
+        spill
+            .put_clean(aad.clone(), 4096, filled(&arena, 4000, 0x5a).await)
+            .await;
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let got = spill.get_clean(&aad, &arena).await.unwrap();
+        assert_eq!(got.len(), 4000);
+        assert!(got.iter().all(|&b| b == 0x5a));
+        assert!(spill
+            .get_clean(&block_aad("k", "e", 4096, 4), &arena)
+            .await
+            .is_none());
+        // dirty parts too
+        let part = spill
+            .seal_part(part_aad(1, 2, 3), filled(&arena, 5000, 7).await)
+            .await
+            .unwrap();
+        let back = part.open(&arena, 8192).await.unwrap();
+        assert_eq!(back.len(), 5000);
+        assert!(back.capacity() >= 8192);
+        assert!(back.iter().all(|&b| b == 7));
+    }
+
+    #[tokio::test]
+    async fn wrong_associated_data_fails() {
+        let (_d, arena, spill) = tier(1 << 20);
+        let part = spill
+            .seal_part(part_aad(1, 0, 0), filled(&arena, 100, 1).await)
+            .await
+            .unwrap();
+        let sealed = part.sealed;
+        let buf = arena.alloc(100).await.unwrap();
+        let r = spill.open_into(sealed, part_aad(1, 0, 1), buf).await;
+        assert!(matches!(r, Err(SpillError::Tampered)));
+        let buf = arena.alloc(100).await.unwrap();
+        let r = spill.open_into(sealed, part_aad(2, 0, 0), buf).await;
+        assert!(matches!(r, Err(SpillError::Tampered)));
+        assert!(part.open(&arena, 100).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn tampered_byte_fails_and_clean_block_is_dropped() {
+        let (_d, arena, spill) = tier(1 << 20);
+        let aad = block_aad("obj", "etag", 4096, 0);
+        spill
+            .put_clean(aad.clone(), 4096, filled(&arena, 4096, 9).await)
+            .await;
+        let part = spill
+            .seal_part(part_aad(5, 0, 0), filled(&arena, 4096, 3).await)
+            .await
+            .unwrap();
+        let files = spill.files();
+        assert_eq!(files.len(), 1);
+        for f in &files {
+            // one flipped bit in every slot
+            let len = f.metadata().unwrap().len();
+            for off in (10..len).step_by((4096 + TAG_LEN) as usize) {
+                let mut b = [0u8; 1];
+                f.read_exact_at(&mut b, off).unwrap();
+                b[0] ^= 0x01;
+                f.write_all_at(&b, off).unwrap();
+            }
+        }
+        assert!(spill.get_clean(&aad, &arena).await.is_none());
+        assert_eq!(spill.stats().clean_blocks, 0, "a failed block is dropped");
+        assert!(matches!(
+            part.open(&arena, 4096).await,
+            Err(SpillError::Tampered)
+        ));
+    }
+
+    #[tokio::test]
+    async fn nonces_are_unique() {
+        let (_d, _arena, spill) = tier(1 << 20);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            assert!(seen.insert(spill.next_nonce()));
+        }
+        // a second tier (another mount) has another key and prefix
+        let (_d2, _a2, other) = tier(1 << 20);
+        assert_ne!(&other.inner.key[..], &spill.inner.key[..]);
+    }
+
+    #[tokio::test]
+    async fn capacity_is_bounded_and_dirty_parts_are_never_dropped() {
+        let stride = 4096 + TAG_LEN;
+        let (_d, arena, spill) = tier(3 * stride);
+        for i in 0..3 {
+            let aad = block_aad("o", "e", 4096, i);
+            spill
+                .put_clean(aad, 4096, filled(&arena, 4096, i as u8).await)
+                .await;
+        }
+        assert_eq!(spill.stats().bytes, 3 * stride);
+        // a fourth clean block evicts the least recently used (block 0)
+        spill
+            .put_clean(
+                block_aad("o", "e", 4096, 3),
+                4096,
+                filled(&arena, 4096, 3).await,
+            )
+            .await;
+        assert_eq!(spill.stats().clean_blocks, 3);
+        assert!(spill
+            .get_clean(&block_aad("o", "e", 4096, 0), &arena)
+            .await
+            .is_none());
+        // dirty parts push clean blocks out…
+        let mut parts = Vec::new();
+        for i in 0..3 {
+            parts.push(
+                spill
+                    .seal_part(part_aad(1, i, 0), filled(&arena, 4096, 0xd0).await)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(spill.stats().clean_blocks, 0);
+        assert_eq!(spill.stats().dirty_parts, 3);
+        // …but never each other: the tier is full, the buffer comes back intact
+        let (e, buf) = spill
+            .seal_part(part_aad(1, 9, 0), filled(&arena, 4096, 0xee).await)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SpillError::Full { .. }));
+        assert!(buf.iter().all(|&b| b == 0xee));
+        assert!(spill.stats().bytes <= 3 * stride);
+        // a clean block does not fit either, and is simply not kept
+        spill
+            .put_clean(
+                block_aad("o", "e", 4096, 7),
+                4096,
+                filled(&arena, 4096, 1).await,
+            )
+            .await;
+        assert_eq!(spill.stats().clean_blocks, 0);
+        for p in &parts {
+            assert!(p
+                .open(&arena, 4096)
+                .await
+                .unwrap()
+                .iter()
+                .all(|&b| b == 0xd0));
+        }
+        // dropping parts frees their slots and shrinks the file
+        drop(parts);
+        assert_eq!(spill.stats().bytes, 0);
+        assert_eq!(spill.stats().dirty_parts, 0);
+        // different size classes share the bound
+        let big = spill
+            .seal_part(part_aad(2, 0, 0), filled(&arena, 8192, 2).await)
+            .await
+            .unwrap();
+        assert_eq!(spill.stats().bytes, 8192 + TAG_LEN);
+        drop(big);
+    }
+
+    #[tokio::test]
+    async fn invalidation_frees_an_objects_blocks() {
+        let (_d, arena, spill) = tier(1 << 20);
+        for i in 0..3 {
+            spill
+                .put_clean(
+                    block_aad("a", "e", 4096, i),
+                    4096,
+                    filled(&arena, 10, 1).await,
+                )
+                .await;
+        }
+        spill
+            .put_clean(
+                block_aad("ab", "e", 4096, 0),
+                4096,
+                filled(&arena, 10, 1).await,
+            )
+            .await;
+        spill.forget_clean("a");
+        assert_eq!(spill.stats().clean_blocks, 1, "only `ab` is left");
+    }
+
+    #[tokio::test]
+    async fn ciphertext_does_not_contain_the_plaintext_or_the_key() {
+        let (_d, arena, spill) = tier(1 << 20);
+        let mut b = arena.alloc(4096).await.unwrap();
+        for (i, c) in b.chunks_mut(16).enumerate() {
+            c.copy_from_slice(format!("MARKER-{i:09}").as_bytes());
+        }
+        let _p = spill.seal_part(part_aad(1, 1, 1), b).await.unwrap();
+        let key = spill.inner.key[..KEY_LEN].to_vec();
+        for f in spill.files() {
+            let mut data = vec![0u8; f.metadata().unwrap().len() as usize];
+            f.read_exact_at(&mut data, 0).unwrap();
+            assert!(!data.windows(7).any(|w| w == b"MARKER-"));
+            assert!(!data.windows(KEY_LEN).any(|w| w == key));
+        }
+    }
+}
