@@ -4,52 +4,8 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
 
 use common::*;
-
-/// Every file below `root` (not following symlinks, skipping `skip`), checked for `needle`.
-fn find_in_tree(root: &Path, needle: &[u8], skip: &[PathBuf], hits: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(root) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if skip.iter().any(|s| p.starts_with(s)) {
-            continue;
-        }
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            // never descend into a FUSE mount (ours or another test's): we scan disks
-            if !is_fuse_mount(&p) {
-                find_in_tree(&p, needle, skip, hits);
-            }
-        } else if ft.is_file() && file_contains(&p, needle) {
-            hits.push(p);
-        }
-    }
-}
-
-fn file_contains(p: &Path, needle: &[u8]) -> bool {
-    let Ok(mut f) = fs::File::open(p) else {
-        return false;
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut carry: Vec<u8> = Vec::new();
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n,
-        };
-        carry.extend_from_slice(&buf[..n]);
-        if carry.windows(needle.len()).any(|w| w == needle) {
-            return true;
-        }
-        let keep = carry.len().saturating_sub(needle.len());
-        carry.drain(..keep);
-    }
-}
 
 #[test]
 fn plaintext_written_through_the_mount_never_reaches_a_local_disk() {
@@ -77,44 +33,7 @@ fn plaintext_written_through_the_mount_never_reaches_a_local_disk() {
     assert_eq!(fs::read(m.path("d/copy.txt")).unwrap(), small);
     drop(big);
 
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into());
-    let xdg_cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache"));
-    let roots = [
-        PathBuf::from("/tmp"),
-        PathBuf::from("/var/tmp"),
-        PathBuf::from("/dev/shm"),
-        std::env::current_dir().unwrap(),
-        xdg_cache.clone(),
-        home.clone(),
-        tmp_base(),
-    ];
-    // Build trees and toolchains are not written by the daemon and are large; skip them.
-    let mut skip = vec![
-        home.join(".cargo"),
-        home.join(".rustup"),
-        xdg_cache.join("ssecfs-target"),
-    ];
-    // other build trees next to ours (worktrees, CI runs): ssecfs-target-*
-    if let Ok(rd) = std::fs::read_dir(&xdg_cache) {
-        skip.extend(rd.flatten().map(|e| e.path()).filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("ssecfs-target"))
-        }));
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        skip.push(PathBuf::from(t));
-    }
-    skip.push(std::env::current_dir().unwrap().join("target"));
-    let mut hits = Vec::new();
-    for r in &roots {
-        find_in_tree(r, marker.as_bytes(), &skip, &mut hits);
-    }
-    hits.sort();
-    hits.dedup();
+    let hits = local_files_containing(marker.as_bytes(), &[]);
     assert!(
         hits.is_empty(),
         "plaintext marker found on local disk in: {hits:?}"
@@ -122,15 +41,6 @@ fn plaintext_written_through_the_mount_never_reaches_a_local_disk() {
     // …and the server stores it only encrypted: readable with the key alone.
     assert_stored(bucket.name(), "small.txt", m.key(), &small);
     assert!(get_without_key(bucket.name(), "small.txt").is_err());
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut b)
-        .unwrap();
-    u64::from_le_bytes(b)
 }
 
 #[test]

@@ -10,7 +10,6 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -52,15 +51,6 @@ fn spill_fds(pid: u32, dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut b)
-        .unwrap();
-    u64::from_le_bytes(b)
-}
-
 /// A small deterministic generator (xorshift) for offsets.
 struct Rng(u64);
 impl Rng {
@@ -92,44 +82,6 @@ fn read_randomly(path: &Path, expect: &[u8], seed: u64) {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Every regular file below `root` (not entering FUSE mounts or `skip`) holding `needle`.
-fn find_in_tree(root: &Path, needle: &[u8], skip: &[PathBuf], hits: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(root) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if skip.iter().any(|s| p.starts_with(s)) {
-            continue;
-        }
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            if !is_fuse_mount(&p) {
-                find_in_tree(&p, needle, skip, hits);
-            }
-        } else if ft.is_file() {
-            let Ok(mut f) = fs::File::open(&p) else {
-                continue;
-            };
-            let mut buf = vec![0u8; 1 << 20];
-            let mut carry: Vec<u8> = Vec::new();
-            loop {
-                let n = match f.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                carry.extend_from_slice(&buf[..n]);
-                if contains(&carry, needle) {
-                    hits.push(p.clone());
-                    break;
-                }
-                let keep = carry.len().saturating_sub(needle.len());
-                carry.drain(..keep);
-            }
-        }
-    }
 }
 
 #[test]
@@ -227,38 +179,7 @@ fn plaintext_never_reaches_the_spill_files_or_any_disk_and_nothing_is_left() {
     drop(copy_dir);
 
     // the same scan as e2e_security: no plaintext on any local disk
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into());
-    let xdg_cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache"));
-    let roots = [
-        PathBuf::from("/tmp"),
-        PathBuf::from("/var/tmp"),
-        PathBuf::from("/dev/shm"),
-        std::env::current_dir().unwrap(),
-        home.clone(),
-        tmp_base(),
-        spill.path().to_owned(),
-    ];
-    let mut skip = vec![home.join(".cargo"), home.join(".rustup")];
-    if let Ok(rd) = fs::read_dir(&xdg_cache) {
-        skip.extend(rd.flatten().map(|e| e.path()).filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("ssecfs-target"))
-        }));
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        skip.push(PathBuf::from(t));
-    }
-    skip.push(std::env::current_dir().unwrap().join("target"));
-    let mut hits = Vec::new();
-    for r in &roots {
-        find_in_tree(r, marker.as_bytes(), &skip, &mut hits);
-    }
-    hits.sort();
-    hits.dedup();
+    let hits = local_files_containing(marker.as_bytes(), &[spill.path().to_owned()]);
     assert!(
         hits.is_empty(),
         "plaintext marker found on local disk: {hits:?}"

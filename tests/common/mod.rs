@@ -1286,3 +1286,101 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+// ---------------------------------------------------------------------------------------------
+// plaintext on local disks
+
+/// Every file on the local disks a daemon could write to (/tmp, /var/tmp, /dev/shm, the working
+/// directory, $HOME, the XDG cache, the test dir, plus `extra_roots`) that holds `needle`. FUSE
+/// mounts are not entered (we scan disks) and build trees/toolchains are skipped (large, and
+/// never written by the daemon).
+pub fn local_files_containing(needle: &[u8], extra_roots: &[PathBuf]) -> Vec<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
+    let xdg_cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache"));
+    let mut roots = vec![
+        PathBuf::from("/tmp"),
+        PathBuf::from("/var/tmp"),
+        PathBuf::from("/dev/shm"),
+        std::env::current_dir().unwrap(),
+        xdg_cache.clone(),
+        home.clone(),
+        tmp_base(),
+    ];
+    roots.extend_from_slice(extra_roots);
+    let mut skip = vec![home.join(".cargo"), home.join(".rustup")];
+    // ours and other build trees next to it (worktrees, CI runs): ssecfs-target*
+    if let Ok(rd) = fs::read_dir(&xdg_cache) {
+        skip.extend(rd.flatten().map(|e| e.path()).filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ssecfs-target"))
+        }));
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        skip.push(PathBuf::from(t));
+    }
+    skip.push(std::env::current_dir().unwrap().join("target"));
+    let mut hits = Vec::new();
+    for r in &roots {
+        find_in_tree(r, needle, &skip, &mut hits);
+    }
+    hits.sort();
+    hits.dedup();
+    hits
+}
+
+/// Every file below `root` (not following symlinks, skipping `skip`), checked for `needle`.
+fn find_in_tree(root: &Path, needle: &[u8], skip: &[PathBuf], hits: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if skip.iter().any(|s| p.starts_with(s)) {
+            continue;
+        }
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            // never descend into a FUSE mount (ours or another test's)
+            if !is_fuse_mount(&p) {
+                find_in_tree(&p, needle, skip, hits);
+            }
+        } else if ft.is_file() && file_contains(&p, needle) {
+            hits.push(p);
+        }
+    }
+}
+
+/// Does the file at `p` hold `needle` (read in 1 MiB pieces, matches across pieces found)?
+pub fn file_contains(p: &Path, needle: &[u8]) -> bool {
+    let Ok(mut f) = fs::File::open(p) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        carry.extend_from_slice(&buf[..n]);
+        if carry.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        let keep = carry.len().saturating_sub(needle.len());
+        carry.drain(..keep);
+    }
+}
+
+/// 64 random bits from the OS (markers that exist nowhere else).
+pub fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    u64::from_le_bytes(b)
+}
