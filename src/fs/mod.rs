@@ -1602,7 +1602,9 @@ impl Fs {
         let results = futures::stream::iter(inos.into_iter().map(|ino| async move {
             let r = self.flush_ino(ino).await;
             if let Err(e) = &r {
-                tracing::error!(ino, error = %e, "could not upload a file at unmount");
+                // name what is lost: the user has no other way to learn it
+                let path = self.file_key(ino).unwrap_or_else(|_| format!("inode {ino}"));
+                tracing::error!(ino, path = %path, error = %e, "could not upload a file at unmount; its unsaved changes are lost");
             } else {
                 self.failed_uploads.lock().unwrap().remove(&ino);
             }

@@ -145,6 +145,13 @@ fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E, HttpRespons
 pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
     match (status, code.as_str()) {
         (404, "NoSuchBucket") => S3Error::NoSuchBucket,
+        // an upload that vanished (or a retried Complete that already succeeded): an I/O
+        // error of the write, not a missing file
+        (404, "NoSuchUpload") => S3Error::Other {
+            status,
+            code,
+            message,
+        },
         (404, _) => S3Error::NotFound,
         (400, "" | "InvalidRequest") => S3Error::WrongKey,
         (403, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken") => {
@@ -169,6 +176,139 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
             code,
             message,
         },
+    }
+}
+
+/// Attempts of each request by the SDK (connection errors, timeouts, 5xx, throttling,
+/// unreadable answers).
+pub const RETRY_ATTEMPTS: u32 = 8;
+
+/// Attempts of one ranged GET whose body fails or comes short (each attempt's request also has
+/// the SDK's own retries until the response head).
+const BODY_ATTEMPTS: u32 = 5;
+
+/// A response body that broke or did not match its headers: worth another attempt.
+struct BodyFailure(S3Error);
+
+/// Exponential backoff with full jitter: 100 ms · 2^(attempt-1), at most 5 s, times [0.5, 1).
+async fn backoff(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    let base =
+        Duration::from_millis(100 << attempt.saturating_sub(1).min(6)).min(Duration::from_secs(5));
+    // a fresh RandomState is randomly keyed: enough jitter without an RNG dependency
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.5 + (r % 1000) as f64 / 2000.0;
+    tokio::time::sleep(base.mul_f64(factor)).await;
+}
+
+/// A server answer that breaks the protocol (missing header, garbled body).
+fn malformed(what: impl Into<String>) -> S3Error {
+    S3Error::Other {
+        status: 0,
+        code: "MalformedResponse".into(),
+        message: what.into(),
+    }
+}
+
+/// `bytes FIRST-LAST/TOTAL` → (FIRST, LAST).
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let (first, last) = v
+        .strip_prefix("bytes ")?
+        .split_once('/')?
+        .0
+        .split_once('-')?;
+    Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
+}
+
+impl AwsStore {
+    /// One GET of `buf.len()` bytes at `offset`. The outer `Err` is a body failure to retry;
+    /// the inner result is final.
+    async fn get_range_once(
+        &self,
+        key: &str,
+        offset: u64,
+        buf: &mut [u8],
+        etag: Option<&str>,
+        sse_c: bool,
+    ) -> Result<S3Result<usize>, BodyFailure> {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!(
+                "bytes={}-{}",
+                offset,
+                offset + buf.len() as u64 - 1
+            ));
+        if let Some(etag) = etag {
+            req = req.if_match(etag);
+        }
+        if sse_c {
+            req = with_key!(req, self.key);
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let err = map_err(e);
+                if let S3Error::Other { status: 416, .. } = err {
+                    return Ok(Ok(0));
+                }
+                return Ok(Err(err));
+            }
+        };
+        // How many bytes the answer must carry: the range it says it holds. Without a
+        // Content-Range only a full buffer, or a whole object from offset 0, is believable.
+        let expected = match out.content_range().map(parse_content_range) {
+            Some(Some((first, last))) if first == offset && last >= first => {
+                let n = last - first + 1;
+                if n > buf.len() as u64 {
+                    return Err(BodyFailure(malformed(format!(
+                        "GET answered {n} bytes for a range of {}",
+                        buf.len()
+                    ))));
+                }
+                Some(n as usize)
+            }
+            Some(_) => {
+                return Err(BodyFailure(malformed(format!(
+                    "GET at {offset} answered Content-Range {:?}",
+                    out.content_range()
+                ))))
+            }
+            None => None,
+        };
+        let length = out.content_length();
+        let mut body = out.body;
+        let mut filled = 0;
+        loop {
+            let chunk = match body.try_next().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(BodyFailure(S3Error::Transport(format!(
+                        "reading response body: {e}"
+                    ))))
+                }
+            };
+            let n = chunk.len().min(buf.len() - filled);
+            buf[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
+        }
+        let believable = match expected {
+            Some(n) => filled == n,
+            None => filled == buf.len() || (offset == 0 && length == Some(filled as i64)),
+        };
+        if !believable {
+            return Err(BodyFailure(malformed(format!(
+                "GET at {offset} returned {filled} bytes; the answer announced {expected:?} \
+                 (Content-Length {length:?})"
+            ))));
+        }
+        Ok(Ok(filled))
     }
 }
 
@@ -199,8 +339,11 @@ impl ObjectStore for AwsStore {
                 other => return Err(other),
             },
         };
+        let Some(size) = out.content_length().filter(|&n| n >= 0) else {
+            return Err(malformed("HEAD answer without Content-Length"));
+        };
         Ok(ObjectInfo {
-            size: out.content_length().unwrap_or(0).max(0) as u64,
+            size: size as u64,
             etag: out.e_tag().unwrap_or("").to_owned(),
             last_modified: to_system_time(out.last_modified()),
             metadata: out
@@ -226,45 +369,20 @@ impl ObjectStore for AwsStore {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!(
-                "bytes={}-{}",
-                offset,
-                offset + buf.len() as u64 - 1
-            ));
-        if let Some(etag) = etag {
-            req = req.if_match(etag);
-        }
-        if sse_c {
-            req = with_key!(req, self.key);
-        }
-        let out = match req.send().await {
-            Ok(out) => out,
-            Err(e) => {
-                let err = map_err(e);
-                if let S3Error::Other { status: 416, .. } = err {
-                    return Ok(0);
+        // The SDK retries a GET until its response head arrives; a body that breaks or comes
+        // short after that is ours to retry (the range is idempotent).
+        let mut attempt = 1;
+        loop {
+            match self.get_range_once(key, offset, buf, etag, sse_c).await {
+                Err(BodyFailure(e)) if attempt < BODY_ATTEMPTS => {
+                    tracing::warn!(object = key, offset, attempt, error = %e, "ranged GET failed mid-body; retrying");
+                    backoff(attempt).await;
+                    attempt += 1;
                 }
-                return Err(err);
+                Err(BodyFailure(e)) => return Err(e),
+                Ok(r) => return r,
             }
-        };
-        let mut body = out.body;
-        let mut filled = 0;
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| S3Error::Transport(format!("reading response body: {e}")))?
-        {
-            let n = chunk.len().min(buf.len() - filled);
-            buf[filled..filled + n].copy_from_slice(&chunk[..n]);
-            filled += n;
-            // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
         }
-        Ok(filled)
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String> {
@@ -409,7 +527,13 @@ impl ObjectStore for AwsStore {
         .send()
         .await
         .map_err(map_err)?;
-        Ok(out.e_tag().unwrap_or("").to_owned())
+        match out.e_tag() {
+            Some(e) if !e.is_empty() => Ok(e.to_owned()),
+            // the part may be stored, but CompleteMultipartUpload needs its ETag
+            _ => Err(malformed(format!(
+                "UploadPart {number} answer without ETag"
+            ))),
+        }
     }
 
     async fn upload_part_copy(
@@ -655,7 +779,23 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
         .force_path_style(conn.path_style || endpoint.is_some())
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+        // Every request we make is idempotent (PUT/COPY/DELETE of a whole object or part, GET,
+        // HEAD, LIST; a retried Complete that already succeeded answers NoSuchUpload → EIO).
+        // 8 attempts, 200 ms doubling to 10 s with jitter: ~11 s on average (23 s at most)
+        // ride out a server restart or a burst of 5xx before the operation reports EIO.
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(RETRY_ATTEMPTS)
+                .with_initial_backoff(Duration::from_millis(200))
+                .with_max_backoff(Duration::from_secs(10)),
+        )
+        // The standard retry quota (a token bucket shared by the client) stops retrying after
+        // a burst of failures; a filesystem would then turn a transient outage into EIO.
+        .retry_partition(
+            aws_sdk_s3::config::retry::RetryPartition::custom("ssecfs")
+                .token_bucket(aws_sdk_s3::config::retry::TokenBucket::unlimited())
+                .build(),
+        )
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(10))
