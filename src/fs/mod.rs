@@ -954,7 +954,10 @@ impl Fs {
                 .list(&prefix, Some("/"), token.take(), None)
                 .await?;
             for o in page.objects {
-                let name = &o.key[prefix.len()..];
+                // (the store checks that listed keys are under the prefix; never slice blindly)
+                let Some(name) = o.key.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
                 if name.is_empty() {
                     continue; // the directory's own marker
                 }
@@ -974,7 +977,10 @@ impl Fs {
                 );
             }
             for p in page.prefixes {
-                let name = p[prefix.len()..].trim_end_matches('/');
+                let Some(name) = p.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
+                let name = name.trim_end_matches('/');
                 if !valid_listed_name(name) {
                     self.warn_once(&p, "prefix is not a valid path component; skipped");
                     continue;

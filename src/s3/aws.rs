@@ -460,29 +460,51 @@ impl ObjectStore for AwsStore {
             .send()
             .await
             .map_err(map_err)?;
-        Ok(ListPage {
-            objects: out
-                .contents()
-                .iter()
-                .filter_map(|o| {
-                    Some(ListedObject {
-                        key: o.key()?.to_owned(),
-                        size: o.size().unwrap_or(0).max(0) as u64,
+        // A listing is believed only if it is one: every key under the prefix and with a
+        // size, a continuation token when truncated (a garbled page must not hide, invent or
+        // shrink files).
+        let objects = out
+            .contents()
+            .iter()
+            .map(|o| match (o.key(), o.size()) {
+                (Some(key), Some(size)) if key.starts_with(prefix) && size >= 0 => {
+                    Ok(ListedObject {
+                        key: key.to_owned(),
+                        size: size as u64,
                         etag: o.e_tag().unwrap_or("").to_owned(),
                         last_modified: to_system_time(o.last_modified()),
                     })
-                })
-                .collect(),
-            prefixes: out
-                .common_prefixes()
-                .iter()
-                .filter_map(|p| p.prefix().map(str::to_owned))
-                .collect(),
-            next: if out.is_truncated() == Some(true) {
-                out.next_continuation_token().map(str::to_owned)
-            } else {
-                None
-            },
+                }
+                _ => Err(malformed(format!(
+                    "listing of {prefix:?} has an entry {:?} of size {:?}",
+                    o.key(),
+                    o.size()
+                ))),
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .map(|p| match p.prefix() {
+                Some(p) if p.starts_with(prefix) => Ok(p.to_owned()),
+                other => Err(malformed(format!(
+                    "listing of {prefix:?} has a common prefix {other:?}"
+                ))),
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        let next = match (out.is_truncated(), out.next_continuation_token()) {
+            (Some(true), Some(t)) => Some(t.to_owned()),
+            (Some(true), None) => {
+                return Err(malformed(format!(
+                    "truncated listing of {prefix:?} without a continuation token"
+                )))
+            }
+            _ => None,
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next,
         })
     }
 

@@ -36,13 +36,15 @@ pub struct Faults {
     /// each).
     pub error_5xx: f64,
     /// Forward, then garble the answer: garbage XML body, a wrong Content-Length, or missing
-    /// headers (ETag, Content-Range, x-amz-*).
+    /// headers (ETag, Content-Range, x-amz-*). HEAD answers only lose headers.
     pub malformed: f64,
     /// Forward after a delay of `stall_for`.
     pub stall: f64,
     pub stall_for: Duration,
     /// Only requests with one of these methods get faults (empty: all).
     pub only_methods: Vec<&'static str>,
+    /// Only ranged GETs (object data, not listings) get faults.
+    pub only_ranged_gets: bool,
 }
 
 /// Faults injected so far, by kind.
@@ -310,11 +312,13 @@ enum Fault {
     Stall,
 }
 
-fn pick(sh: &Shared, method: &str) -> (Fault, Duration, u64) {
+fn pick(sh: &Shared, method: &str, ranged: bool) -> (Fault, Duration, u64) {
     let f = sh.faults.lock().unwrap().clone();
     let mut rng = sh.rng.lock().unwrap();
     let (r, sub, extra): (f64, f64, u64) = (rng.gen(), rng.gen(), rng.gen());
-    if !f.only_methods.is_empty() && !f.only_methods.contains(&method) {
+    if (!f.only_methods.is_empty() && !f.only_methods.contains(&method))
+        || (f.only_ranged_gets && !(method == "GET" && ranged))
+    {
         return (Fault::None, Duration::ZERO, extra);
     }
     let mut edge = 0.0;
@@ -477,7 +481,8 @@ fn serve(client: TcpStream, sh: &Shared) {
         let mut req = head.bytes();
         req.extend_from_slice(&body);
         sh.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let (fault, stall_for, extra) = pick(sh, &method);
+        let ranged = head.get("range").is_some();
+        let (fault, stall_for, extra) = pick(sh, &method, ranged);
         let count = |c: &AtomicU64| {
             c.fetch_add(1, Ordering::Relaxed);
         };
@@ -507,6 +512,12 @@ fn serve(client: TcpStream, sh: &Shared) {
             close,
         } = resp;
         let mut close_after = close;
+        // A HEAD answer has no body to garble: a different Content-Length there is not a
+        // framing error but a well-formed lie about the size, which no client can detect.
+        let fault = match fault {
+            Fault::GarbageXml | Fault::WrongLength if method == "HEAD" => Fault::MissingHeaders,
+            f => f,
+        };
         match fault {
             Fault::Drop => {
                 count(&sh.stats.drops);
