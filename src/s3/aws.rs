@@ -976,6 +976,22 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_vanished_upload_is_an_io_error_not_a_missing_file() {
+        assert!(matches!(
+            classify(404, "NoSuchUpload".into(), "".into()),
+            S3Error::Other { status: 404, .. }
+        ));
+    }
+
+    #[test]
+    fn content_range_parses() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 9)));
+        assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 5)));
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("garbage"), None);
+    }
+
     #[tokio::test]
     async fn plain_http_needs_allow_http() {
         let conn = Connection {
