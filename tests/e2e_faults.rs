@@ -489,6 +489,20 @@ fn garage_restart_during_rsync() {
         .filter(|f| !reported_failed(&stderr, f))
         .cloned()
         .collect();
+    for l in stderr.lines().take(6) {
+        eprintln!("  rsync: {l}");
+    }
+    // a file rsync reported failed is absent or whole under its name, never truncated
+    let mut truncated = 0;
+    for rel in &failed {
+        if let Ok(stored) = try_get(bucket.name(), rel, Some(&key)) {
+            if sha256_hex(&stored) != sha256_file(&src.path().join(rel)) {
+                eprintln!("TRUNCATED or different: {rel} ({} bytes)", stored.len());
+                truncated += 1;
+            }
+        }
+    }
+    assert_eq!(truncated, 0);
     let (ok, lost) = verify(&bucket, &key, src.path(), &done);
     eprintln!(
         "FAULTS restart during rsync: verified {ok}/{} files rsync reported done, losses {lost}",
