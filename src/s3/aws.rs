@@ -857,7 +857,18 @@ mod tests {
         AwsStore,
         aws_smithy_http_client::test_util::CaptureRequestReceiver,
     ) {
-        let (http, rx) = capture_request(None);
+        store_answering(k, None)
+    }
+
+    /// A store whose one request gets `answer` (default: 200, empty body).
+    fn store_answering(
+        k: Arc<CustomerKey>,
+        answer: Option<HttpResponse>,
+    ) -> (
+        AwsStore,
+        aws_smithy_http_client::test_util::CaptureRequestReceiver,
+    ) {
+        let (http, rx) = capture_request(answer.map(|r| r.try_into_http1x().unwrap()));
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version_latest()
             .http_client(http)
@@ -898,8 +909,18 @@ mod tests {
         let _ = s.head("a").await;
         assert_trio(&rx.expect_request(), &k, false);
 
-        let (s, rx) = store(k.clone());
-        let _ = s.get_range("a", 5, &mut buf, None, true).await;
+        // (a believable answer: an empty one would be retried, and this client answers once)
+        let mut answer = HttpResponse::new(
+            206.try_into().unwrap(),
+            aws_smithy_types::body::SdkBody::from("0123456789"),
+        );
+        answer
+            .headers_mut()
+            .insert("content-range", "bytes 5-14/100");
+        answer.headers_mut().insert("content-length", "10");
+        let (s, rx) = store_answering(k.clone(), Some(answer));
+        assert_eq!(s.get_range("a", 5, &mut buf, None, true).await.unwrap(), 10);
+        assert_eq!(&buf, b"0123456789");
         let req = rx.expect_request();
         assert_trio(&req, &k, false);
         assert_eq!(req.headers().get("range"), Some("bytes=5-14"));
