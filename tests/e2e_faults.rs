@@ -556,6 +556,15 @@ fn unmount_after_the_server_vanished_ends_and_names_what_was_lost() {
         "FAULTS server vanished: unmount + exit took {took:?} ({stopped:?}); files named as \
          lost in the log: {named:?}"
     );
+    for l in log
+        .lines()
+        .filter(|l| {
+            l.contains(" ERROR ") || l.contains("request failed") || l.starts_with("ssecfs:")
+        })
+        .take(12)
+    {
+        eprintln!("  log: {}", &l[l.len().saturating_sub(260)..]);
+    }
     let stopped = stopped.expect("the mount was running");
     assert!(!stopped.killed, "ssecfs had to be killed after the unmount");
     assert!(
