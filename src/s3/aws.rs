@@ -4,6 +4,12 @@
 //! trio) and every copy also through [`with_source_key!`] (the copy-source trio), so a new
 //! operation cannot be added without them by accident; `tests` below check each operation's
 //! headers on the wire with a capturing HTTP client.
+//!
+//! Failures: every request is idempotent and retried by the SDK ([`RETRY_ATTEMPTS`], backoff
+//! with jitter, no shared retry quota); a ranged GET whose body breaks or disagrees with its
+//! headers is retried here. Answers are checked before they are believed (Content-Range of a
+//! GET, Content-Length of a HEAD, listing entries, part ETags): a garbled answer is an error
+//! (`MalformedResponse`, EIO), never a short file.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -1003,6 +1009,41 @@ mod tests {
             classify(404, "NoSuchUpload".into(), "".into()),
             S3Error::Other { status: 404, .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_is_not_one_is_an_error() {
+        let page = |xml: &'static str| {
+            HttpResponse::new(
+                200.try_into().unwrap(),
+                aws_smithy_types::body::SdkBody::from(xml),
+            )
+        };
+        let bad = [
+            // a key outside the prefix (a garbled page once panicked the daemon)
+            "<ListBucketResult><Contents><Key>zzz</Key><Size>1</Size></Contents></ListBucketResult>",
+            // no size: not "an empty file"
+            "<ListBucketResult><Contents><Key>d/x</Key></Contents></ListBucketResult>",
+            // truncated without a way to go on: not "the end"
+            "<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>",
+        ];
+        for xml in bad {
+            let (s, _rx) = store_answering(key(), Some(page(xml)));
+            let r = s.list("d/", Some("/"), None, None).await;
+            assert!(
+                matches!(&r, Err(S3Error::Other { code, .. }) if code == "MalformedResponse"),
+                "{xml}: {r:?}"
+            );
+        }
+        let (s, _rx) = store_answering(
+            key(),
+            Some(page(
+                "<ListBucketResult><Contents><Key>d/x</Key><Size>3</Size></Contents>\
+                 <CommonPrefixes><Prefix>d/e/</Prefix></CommonPrefixes></ListBucketResult>",
+            )),
+        );
+        let p = s.list("d/", Some("/"), None, None).await.unwrap();
+        assert_eq!((p.objects[0].size, p.prefixes[0].as_str()), (3, "d/e/"));
     }
 
     #[test]
