@@ -218,6 +218,25 @@ fn malformed(what: impl Into<String>) -> S3Error {
     }
 }
 
+/// The ETag S3 (and Garage) gives a completed multipart upload: the MD5 of the parts' binary
+/// ETags, a dash, the part count. `None` when a part ETag is not an MD5 in hex.
+fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    for p in parts {
+        let hex = p.etag.trim_matches('"');
+        if hex.len() != 32 {
+            return None;
+        }
+        for i in (0..32).step_by(2) {
+            h.update([u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()?]);
+        }
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{hex}-{}", parts.len()))
+}
+
 /// `bytes FIRST-LAST/TOTAL` → (FIRST, LAST).
 fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     let (first, last) = v
@@ -601,6 +620,7 @@ impl ObjectStore for AwsStore {
         upload_id: &str,
         parts: Vec<CompletedPart>,
     ) -> S3Result<String> {
+        let expected = multipart_etag(&parts);
         let upload = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
@@ -625,8 +645,28 @@ impl ObjectStore for AwsStore {
         )
         .send()
         .await
-        .map_err(map_err)?;
-        Ok(out.e_tag().unwrap_or("").to_owned())
+        .map_err(map_err);
+        match out {
+            Ok(out) => Ok(out.e_tag().unwrap_or("").to_owned()),
+            // The answer to an earlier attempt was lost and the SDK retried: the upload is
+            // gone because it completed. The object's ETag proves it is ours.
+            Err(S3Error::Other {
+                status: 404,
+                code,
+                message,
+            }) if code == "NoSuchUpload" => match (expected, self.head(key).await) {
+                (Some(want), Ok(info)) if info.etag.trim_matches('"') == want => {
+                    tracing::info!(object = key, "CompleteMultipartUpload was retried after it succeeded; the object is complete");
+                    Ok(info.etag)
+                }
+                _ => Err(S3Error::Other {
+                    status: 404,
+                    code,
+                    message,
+                }),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> S3Result<()> {
@@ -808,7 +848,7 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
         // Every request we make is idempotent (PUT/COPY/DELETE of a whole object or part, GET,
-        // HEAD, LIST; a retried Complete that already succeeded answers NoSuchUpload → EIO).
+        // HEAD, LIST; a retried Complete that already succeeded is recognised by the ETag).
         // 8 attempts, 200 ms doubling to 10 s with jitter: ~11 s on average (23 s at most)
         // ride out a server restart or a burst of 5xx before the operation reports EIO.
         .retry_config(
@@ -1044,6 +1084,31 @@ mod tests {
         );
         let p = s.list("d/", Some("/"), None, None).await.unwrap();
         assert_eq!((p.objects[0].size, p.prefixes[0].as_str()), (3, "d/e/"));
+    }
+
+    #[test]
+    fn multipart_etag_is_the_s3_formula() {
+        // seen from Garage 2.5: parts "93df…", "cf24…" → "592e…-2"
+        let parts = [
+            "93dfd2677368616ebfe77bc0594edff2",
+            "cf247707c1a156f4080ab419a35a6d4b",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| CompletedPart {
+            number: i as i32 + 1,
+            etag: format!("\"{e}\""),
+        })
+        .collect::<Vec<_>>();
+        assert_eq!(
+            multipart_etag(&parts).as_deref(),
+            Some("592e5223a4ddcdfe652e0c15c7e25925-2")
+        );
+        let odd = [CompletedPart {
+            number: 1,
+            etag: "not-md5".into(),
+        }];
+        assert_eq!(multipart_etag(&odd), None);
     }
 
     #[test]
