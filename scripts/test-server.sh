@@ -6,6 +6,9 @@
 #   scripts/test-server.sh stop            stop the Garage/stunnel started by this script
 #   scripts/test-server.sh install         only make sure a Garage binary exists (cargo install)
 #   scripts/test-server.sh status          exit 0 if the Garage started by this script is running
+#   scripts/test-server.sh kill            SIGKILL Garage (a crash), keeping its meta/data dirs
+#   scripts/test-server.sh resume          start Garage again on the kept meta/data dirs and config
+#                                          (after kill or stop; same key, bucket and ports)
 #
 # A 3-node cluster (replication factor 3, all on 127.0.0.1) for fault tests:
 #   eval "$(scripts/test-server.sh cluster)"   start (fresh) and export the same variables, plus
@@ -255,6 +258,40 @@ CONF
 	cat "$DIR/env.sh"
 }
 
+# ---------------------------------------------------------------------------------------------
+# kill / resume: a crash and a restart that keep the data (fault-injection tests)
+
+kill_garage() {
+	local p
+	if p=$(pid_alive "$DIR/garage.pid" garage); then
+		kill -9 "$p" 2>/dev/null || true
+		for _ in $(seq 50); do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.1
+		done
+	fi
+	rm -f "$DIR/garage.pid"
+}
+
+resume() {
+	[[ -f $CFG && -d $DIR/meta ]] || die "nothing to resume in $DIR (run start first)"
+	find_garage || die "garage binary not found"
+	pid_alive "$DIR/garage.pid" garage >/dev/null && return 0
+	NO_COLOR=1 RUST_LOG=${RUST_LOG:-garage=info} nohup "$GARAGE_BIN" -c "$CFG" server >>"$DIR/garage.log" 2>&1 </dev/null &
+	local gpid=$!
+	echo "$gpid" >"$DIR/garage.pid"
+	# the S3 port of the kept config (the first api_bind_addr is [s3_api]'s)
+	local port
+	port=$(sed -n 's/^api_bind_addr = "127.0.0.1:\([0-9]*\)"$/\1/p' "$CFG" | head -n1)
+	S3_PORT=${port:-$S3_PORT}
+	for _ in $(seq 150); do
+		kill -0 "$gpid" 2>/dev/null || die "garage exited at restart, see $DIR/garage.log"
+		[[ $(http_status "http://127.0.0.1:$S3_PORT/") != 000 ]] && return 0
+		sleep 0.2
+	done
+	die "S3 endpoint http://127.0.0.1:$S3_PORT did not answer within 30 s of restart"
+}
+
 start_tls() {
 	local tls=$DIR/tls
 	mkdir -p "$tls"
@@ -480,6 +517,8 @@ install)
 	echo "garage: $GARAGE_BIN ($("$GARAGE_BIN" --version 2>/dev/null | head -n1))" >&2
 	;;
 status) pid_alive "$DIR/garage.pid" garage >/dev/null ;;
+kill) kill_garage ;;
+resume) resume ;;
 cluster) cluster_start ;;
 cluster-stop) cluster_stop ;;
 kill-node)
@@ -502,5 +541,5 @@ start-node)
 	[[ $ok == 1 ]] || die "node $2 did not rejoin the cluster within 60 s, see $CDIR/node$2/garage.log"
 	;;
 -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-*) die "unknown command '$1' (start | stop | install | status | cluster | cluster-stop | kill-node N | start-node N)" ;;
+*) die "unknown command '$1' (start | stop | install | status | kill | resume | cluster | cluster-stop | kill-node N | start-node N)" ;;
 esac

@@ -1039,7 +1039,10 @@ impl Fs {
                 .list(&prefix, Some("/"), token.take(), None)
                 .await?;
             for o in page.objects {
-                let name = &o.key[prefix.len()..];
+                // (the store checks that listed keys are under the prefix; never slice blindly)
+                let Some(name) = o.key.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
                 if name.is_empty() {
                     continue; // the directory's own marker
                 }
@@ -1059,7 +1062,10 @@ impl Fs {
                 );
             }
             for p in page.prefixes {
-                let name = p[prefix.len()..].trim_end_matches('/');
+                let Some(name) = p.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
+                let name = name.trim_end_matches('/');
                 if !valid_listed_name(name) {
                     self.warn_once(&p, "prefix is not a valid path component; skipped");
                     continue;
@@ -1694,7 +1700,9 @@ impl Fs {
         let results = futures::stream::iter(inos.into_iter().map(|ino| async move {
             let r = self.flush_ino(ino).await;
             if let Err(e) = &r {
-                tracing::error!(ino, error = %e, "could not upload a file at unmount");
+                // name what is lost: the user has no other way to learn it
+                let path = self.file_key(ino).unwrap_or_else(|_| format!("inode {ino}"));
+                tracing::error!(ino, path = %path, error = %e, "could not upload a file at unmount; its unsaved changes are lost");
             } else {
                 self.failed_uploads.lock().unwrap().remove(&ino);
             }

@@ -4,6 +4,12 @@
 //! trio) and every copy also through [`with_source_key!`] (the copy-source trio), so a new
 //! operation cannot be added without them by accident; `tests` below check each operation's
 //! headers on the wire with a capturing HTTP client.
+//!
+//! Failures: every request is idempotent and retried by the SDK ([`RETRY_ATTEMPTS`], backoff
+//! with jitter, no shared retry quota); a ranged GET whose body breaks or disagrees with its
+//! headers is retried here. Answers are checked before they are believed (Content-Range of a
+//! GET, Content-Length of a HEAD, listing entries, part ETags): a garbled answer is an error
+//! (`MalformedResponse`, EIO), never a short file.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -170,6 +176,13 @@ fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E, HttpRespons
 pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
     match (status, code.as_str()) {
         (404, "NoSuchBucket") => S3Error::NoSuchBucket,
+        // an upload that vanished (or a retried Complete that already succeeded): an I/O
+        // error of the write, not a missing file
+        (404, "NoSuchUpload") => S3Error::Other {
+            status,
+            code,
+            message,
+        },
         (404, _) => S3Error::NotFound,
         (400, "" | "InvalidRequest") => S3Error::WrongKey,
         (403, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken") => {
@@ -194,6 +207,160 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
             code,
             message,
         },
+    }
+}
+
+/// Attempts of each request by the SDK (connection errors, timeouts, 5xx, throttling,
+/// unreadable answers).
+pub const RETRY_ATTEMPTS: u32 = 8;
+
+/// Attempts of one ranged GET whose body fails or comes short (each attempt's request also has
+/// the SDK's own retries until the response head).
+const BODY_ATTEMPTS: u32 = 5;
+
+/// A response body that broke or did not match its headers: worth another attempt.
+struct BodyFailure(S3Error);
+
+/// Exponential backoff with full jitter: 100 ms · 2^(attempt-1), at most 5 s, times [0.5, 1).
+async fn backoff(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    let base =
+        Duration::from_millis(100 << attempt.saturating_sub(1).min(6)).min(Duration::from_secs(5));
+    // a fresh RandomState is randomly keyed: enough jitter without an RNG dependency
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.5 + (r % 1000) as f64 / 2000.0;
+    tokio::time::sleep(base.mul_f64(factor)).await;
+}
+
+/// A server answer that breaks the protocol (missing header, garbled body).
+fn malformed(what: impl Into<String>) -> S3Error {
+    S3Error::Other {
+        status: 0,
+        code: "MalformedResponse".into(),
+        message: what.into(),
+    }
+}
+
+/// The ETag S3 (and Garage) gives a completed multipart upload: the MD5 of the parts' binary
+/// ETags, a dash, the part count. `None` when a part ETag is not an MD5 in hex.
+fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    for p in parts {
+        let hex = p.etag.trim_matches('"');
+        if hex.len() != 32 {
+            return None;
+        }
+        for i in (0..32).step_by(2) {
+            h.update([u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()?]);
+        }
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{hex}-{}", parts.len()))
+}
+
+/// `bytes FIRST-LAST/TOTAL` → (FIRST, LAST).
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let (first, last) = v
+        .strip_prefix("bytes ")?
+        .split_once('/')?
+        .0
+        .split_once('-')?;
+    Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
+}
+
+impl AwsStore {
+    /// One GET of `buf.len()` bytes at `offset`. The outer `Err` is a body failure to retry;
+    /// the inner result is final.
+    async fn get_range_once(
+        &self,
+        key: &str,
+        offset: u64,
+        buf: &mut [u8],
+        etag: Option<&str>,
+        sealing: Sealing,
+    ) -> Result<S3Result<usize>, BodyFailure> {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!(
+                "bytes={}-{}",
+                offset,
+                offset + buf.len() as u64 - 1
+            ));
+        if let Some(etag) = etag {
+            req = req.if_match(etag);
+        }
+        match self.key_of(sealing) {
+            Ok(Some(k)) => req = with_key!(req, k),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let err = map_err(e);
+                if let S3Error::Other { status: 416, .. } = err {
+                    return Ok(Ok(0));
+                }
+                return Ok(Err(err));
+            }
+        };
+        // How many bytes the answer must carry: the range it says it holds. Without a
+        // Content-Range only a full buffer, or a whole object from offset 0, is believable.
+        let expected = match out.content_range().map(parse_content_range) {
+            Some(Some((first, last))) if first == offset && last >= first => {
+                let n = last - first + 1;
+                if n > buf.len() as u64 {
+                    return Err(BodyFailure(malformed(format!(
+                        "GET answered {n} bytes for a range of {}",
+                        buf.len()
+                    ))));
+                }
+                Some(n as usize)
+            }
+            Some(_) => {
+                return Err(BodyFailure(malformed(format!(
+                    "GET at {offset} answered Content-Range {:?}",
+                    out.content_range()
+                ))))
+            }
+            None => None,
+        };
+        let length = out.content_length();
+        let mut body = out.body;
+        let mut filled = 0;
+        loop {
+            let chunk = match body.try_next().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(BodyFailure(S3Error::Transport(format!(
+                        "reading response body: {e}"
+                    ))))
+                }
+            };
+            let n = chunk.len().min(buf.len() - filled);
+            buf[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
+        }
+        let believable = match expected {
+            Some(n) => filled == n,
+            None => filled == buf.len() || (offset == 0 && length == Some(filled as i64)),
+        };
+        if !believable {
+            return Err(BodyFailure(malformed(format!(
+                "GET at {offset} returned {filled} bytes; the answer announced {expected:?} \
+                 (Content-Length {length:?})"
+            ))));
+        }
+        Ok(Ok(filled))
     }
 }
 
@@ -231,8 +398,11 @@ impl ObjectStore for AwsStore {
                 _ => return Err(first_err.unwrap_or(S3Error::WrongKey)),
             },
         };
+        let Some(size) = out.content_length().filter(|&n| n >= 0) else {
+            return Err(malformed("HEAD answer without Content-Length"));
+        };
         Ok(ObjectInfo {
-            size: out.content_length().unwrap_or(0).max(0) as u64,
+            size: size as u64,
             etag: out.e_tag().unwrap_or("").to_owned(),
             last_modified: to_system_time(out.last_modified()),
             metadata: out
@@ -258,45 +428,20 @@ impl ObjectStore for AwsStore {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!(
-                "bytes={}-{}",
-                offset,
-                offset + buf.len() as u64 - 1
-            ));
-        if let Some(etag) = etag {
-            req = req.if_match(etag);
-        }
-        if let Some(k) = self.key_of(sealing)? {
-            req = with_key!(req, k);
-        }
-        let out = match req.send().await {
-            Ok(out) => out,
-            Err(e) => {
-                let err = map_err(e);
-                if let S3Error::Other { status: 416, .. } = err {
-                    return Ok(0);
+        // The SDK retries a GET until its response head arrives; a body that breaks or comes
+        // short after that is ours to retry (the range is idempotent).
+        let mut attempt = 1;
+        loop {
+            match self.get_range_once(key, offset, buf, etag, sealing).await {
+                Err(BodyFailure(e)) if attempt < BODY_ATTEMPTS => {
+                    tracing::warn!(object = key, offset, attempt, error = %e, "ranged GET failed mid-body; retrying");
+                    backoff(attempt).await;
+                    attempt += 1;
                 }
-                return Err(err);
+                Err(BodyFailure(e)) => return Err(e),
+                Ok(r) => return r,
             }
-        };
-        let mut body = out.body;
-        let mut filled = 0;
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| S3Error::Transport(format!("reading response body: {e}")))?
-        {
-            let n = chunk.len().min(buf.len() - filled);
-            buf[filled..filled + n].copy_from_slice(&chunk[..n]);
-            filled += n;
-            // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
         }
-        Ok(filled)
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String> {
@@ -385,29 +530,51 @@ impl ObjectStore for AwsStore {
             .send()
             .await
             .map_err(map_err)?;
-        Ok(ListPage {
-            objects: out
-                .contents()
-                .iter()
-                .filter_map(|o| {
-                    Some(ListedObject {
-                        key: o.key()?.to_owned(),
-                        size: o.size().unwrap_or(0).max(0) as u64,
+        // A listing is believed only if it is one: every key under the prefix and with a
+        // size, a continuation token when truncated (a garbled page must not hide, invent or
+        // shrink files).
+        let objects = out
+            .contents()
+            .iter()
+            .map(|o| match (o.key(), o.size()) {
+                (Some(key), Some(size)) if key.starts_with(prefix) && size >= 0 => {
+                    Ok(ListedObject {
+                        key: key.to_owned(),
+                        size: size as u64,
                         etag: o.e_tag().unwrap_or("").to_owned(),
                         last_modified: to_system_time(o.last_modified()),
                     })
-                })
-                .collect(),
-            prefixes: out
-                .common_prefixes()
-                .iter()
-                .filter_map(|p| p.prefix().map(str::to_owned))
-                .collect(),
-            next: if out.is_truncated() == Some(true) {
-                out.next_continuation_token().map(str::to_owned)
-            } else {
-                None
-            },
+                }
+                _ => Err(malformed(format!(
+                    "listing of {prefix:?} has an entry {:?} of size {:?}",
+                    o.key(),
+                    o.size()
+                ))),
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .map(|p| match p.prefix() {
+                Some(p) if p.starts_with(prefix) => Ok(p.to_owned()),
+                other => Err(malformed(format!(
+                    "listing of {prefix:?} has a common prefix {other:?}"
+                ))),
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        let next = match (out.is_truncated(), out.next_continuation_token()) {
+            (Some(true), Some(t)) => Some(t.to_owned()),
+            (Some(true), None) => {
+                return Err(malformed(format!(
+                    "truncated listing of {prefix:?} without a continuation token"
+                )))
+            }
+            _ => None,
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next,
         })
     }
 
@@ -455,11 +622,17 @@ impl ObjectStore for AwsStore {
         .send()
         .await
         .map_err(map_err)?;
-        Ok(CompletedPart {
-            number,
-            etag: out.e_tag().unwrap_or("").to_owned(),
-            crc32c: Some(out.checksum_crc32_c().unwrap_or(&crc).to_owned()),
-        })
+        match out.e_tag() {
+            Some(e) if !e.is_empty() => Ok(CompletedPart {
+                number,
+                etag: e.to_owned(),
+                crc32c: Some(out.checksum_crc32_c().unwrap_or(&crc).to_owned()),
+            }),
+            // the part may be stored, but CompleteMultipartUpload needs its ETag
+            _ => Err(malformed(format!(
+                "UploadPart {number} answer without ETag"
+            ))),
+        }
     }
 
     async fn upload_part_copy(
@@ -500,6 +673,7 @@ impl ObjectStore for AwsStore {
         upload_id: &str,
         parts: Vec<CompletedPart>,
     ) -> S3Result<String> {
+        let expected = multipart_etag(&parts);
         let upload = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
@@ -525,8 +699,28 @@ impl ObjectStore for AwsStore {
         )
         .send()
         .await
-        .map_err(map_err)?;
-        Ok(out.e_tag().unwrap_or("").to_owned())
+        .map_err(map_err);
+        match out {
+            Ok(out) => Ok(out.e_tag().unwrap_or("").to_owned()),
+            // The answer to an earlier attempt was lost and the SDK retried: the upload is
+            // gone because it completed. The object's ETag proves it is ours.
+            Err(S3Error::Other {
+                status: 404,
+                code,
+                message,
+            }) if code == "NoSuchUpload" => match (expected, self.head(key).await) {
+                (Some(want), Ok(info)) if info.etag.trim_matches('"') == want => {
+                    tracing::info!(object = key, "CompleteMultipartUpload was retried after it succeeded; the object is complete");
+                    Ok(info.etag)
+                }
+                _ => Err(S3Error::Other {
+                    status: 404,
+                    code,
+                    message,
+                }),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> S3Result<()> {
@@ -714,7 +908,23 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
         .force_path_style(conn.path_style || endpoint.is_some())
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+        // Every request we make is idempotent (PUT/COPY/DELETE of a whole object or part, GET,
+        // HEAD, LIST; a retried Complete that already succeeded is recognised by the ETag).
+        // 8 attempts, 200 ms doubling to 10 s with jitter: ~11 s on average (23 s at most)
+        // ride out a server restart or a burst of 5xx before the operation reports EIO.
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(RETRY_ATTEMPTS)
+                .with_initial_backoff(Duration::from_millis(200))
+                .with_max_backoff(Duration::from_secs(10)),
+        )
+        // The standard retry quota (a token bucket shared by the client) stops retrying after
+        // a burst of failures; a filesystem would then turn a transient outage into EIO.
+        .retry_partition(
+            aws_sdk_s3::config::retry::RetryPartition::custom("ssecfs")
+                .token_bucket(aws_sdk_s3::config::retry::TokenBucket::unlimited())
+                .build(),
+        )
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(10))
@@ -765,7 +975,18 @@ mod tests {
         AwsStore,
         aws_smithy_http_client::test_util::CaptureRequestReceiver,
     ) {
-        let (http, rx) = capture_request(None);
+        store_answering(ring, None)
+    }
+
+    /// A store whose one request gets `answer` (default: 200, empty body).
+    fn store_answering(
+        ring: KeyRing,
+        answer: Option<HttpResponse>,
+    ) -> (
+        AwsStore,
+        aws_smithy_http_client::test_util::CaptureRequestReceiver,
+    ) {
+        let (http, rx) = capture_request(answer.map(|r| r.try_into_http1x().unwrap()));
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version_latest()
             .http_client(http)
@@ -810,8 +1031,23 @@ mod tests {
         let _ = s.head("a").await;
         assert_trio(&rx.expect_request(), &k, false);
 
-        let (s, rx) = store();
-        let _ = s.get_range("a", 5, &mut buf, None, Sealing::PRIMARY).await;
+        // (a believable answer: an empty one would be retried, and this client answers once)
+        let mut answer = HttpResponse::new(
+            206.try_into().unwrap(),
+            aws_smithy_types::body::SdkBody::from("0123456789"),
+        );
+        answer
+            .headers_mut()
+            .insert("content-range", "bytes 5-14/100");
+        answer.headers_mut().insert("content-length", "10");
+        let (s, rx) = store_answering(KeyRing::single(key()), Some(answer));
+        assert_eq!(
+            s.get_range("a", 5, &mut buf, None, Sealing::PRIMARY)
+                .await
+                .unwrap(),
+            10
+        );
+        assert_eq!(&buf, b"0123456789");
         let req = rx.expect_request();
         assert_trio(&req, &k, false);
         assert_eq!(req.headers().get("range"), Some("bytes=5-14"));
@@ -955,6 +1191,84 @@ mod tests {
             classify(403, "AccessDenied".into(), "".into()),
             S3Error::AccessDenied(_)
         ));
+    }
+
+    #[test]
+    fn a_vanished_upload_is_an_io_error_not_a_missing_file() {
+        assert!(matches!(
+            classify(404, "NoSuchUpload".into(), "".into()),
+            S3Error::Other { status: 404, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_is_not_one_is_an_error() {
+        let page = |xml: &'static str| {
+            HttpResponse::new(
+                200.try_into().unwrap(),
+                aws_smithy_types::body::SdkBody::from(xml),
+            )
+        };
+        let bad = [
+            // a key outside the prefix (a garbled page once panicked the daemon)
+            "<ListBucketResult><Contents><Key>zzz</Key><Size>1</Size></Contents></ListBucketResult>",
+            // no size: not "an empty file"
+            "<ListBucketResult><Contents><Key>d/x</Key></Contents></ListBucketResult>",
+            // truncated without a way to go on: not "the end"
+            "<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>",
+        ];
+        for xml in bad {
+            let (s, _rx) = store_answering(KeyRing::single(key()), Some(page(xml)));
+            let r = s.list("d/", Some("/"), None, None).await;
+            assert!(
+                matches!(&r, Err(S3Error::Other { code, .. }) if code == "MalformedResponse"),
+                "{xml}: {r:?}"
+            );
+        }
+        let (s, _rx) = store_answering(
+            KeyRing::single(key()),
+            Some(page(
+                "<ListBucketResult><Contents><Key>d/x</Key><Size>3</Size></Contents>\
+                 <CommonPrefixes><Prefix>d/e/</Prefix></CommonPrefixes></ListBucketResult>",
+            )),
+        );
+        let p = s.list("d/", Some("/"), None, None).await.unwrap();
+        assert_eq!((p.objects[0].size, p.prefixes[0].as_str()), (3, "d/e/"));
+    }
+
+    #[test]
+    fn multipart_etag_is_the_s3_formula() {
+        // seen from Garage 2.5: parts "93df…", "cf24…" → "592e…-2"
+        let parts = [
+            "93dfd2677368616ebfe77bc0594edff2",
+            "cf247707c1a156f4080ab419a35a6d4b",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| CompletedPart {
+            number: i as i32 + 1,
+            etag: format!("\"{e}\""),
+            crc32c: None,
+        })
+        .collect::<Vec<_>>();
+        assert_eq!(
+            multipart_etag(&parts).as_deref(),
+            Some("592e5223a4ddcdfe652e0c15c7e25925-2")
+        );
+        let odd = [CompletedPart {
+            number: 1,
+            etag: "not-md5".into(),
+            crc32c: None,
+        }];
+        assert_eq!(multipart_etag(&odd), None);
+    }
+
+    #[test]
+    fn content_range_parses() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 9)));
+        assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 5)));
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("garbage"), None);
     }
 
     #[tokio::test]

@@ -7,6 +7,8 @@
 //! message saying so (it never passes silently).
 #![allow(dead_code)]
 
+pub mod faultproxy;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -634,6 +636,8 @@ pub struct Mount {
     source: String,
     key: Key,
     args: Vec<String>,
+    /// Endpoint other than the test server's (e.g. a fault proxy in front of it).
+    endpoint: Option<String>,
     dir: Option<TempDir>,
     mnt: Option<TempDir>,
     mnt_path: PathBuf,
@@ -740,6 +744,21 @@ impl Mount {
     /// Like [`Mount::with_source`], but a mount that does not come up is an `Err` carrying
     /// the reason and the process log (for tests that expect a refusal).
     pub fn try_with_source(source: &str, key: &Key, extra: &[&str]) -> Result<Mount, String> {
+        Mount::try_through(source, key, None, extra)
+    }
+
+    /// Mount `source` with `key` through `endpoint` (plain http) instead of the test server.
+    pub fn through(source: &str, key: &Key, endpoint: &str, extra: &[&str]) -> Mount {
+        Mount::try_through(source, key, Some(endpoint.to_owned()), extra)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_through(
+        source: &str,
+        key: &Key,
+        endpoint: Option<String>,
+        extra: &[&str],
+    ) -> Result<Mount, String> {
         let dir = tempdir("e2e-state-");
         let mnt = tempdir("e2e-mnt-");
         let mnt_path = mnt
@@ -753,6 +772,7 @@ impl Mount {
             source: source.to_owned(),
             key: key.clone(),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            endpoint,
             dir: Some(dir),
             mnt: Some(mnt),
             mnt_path,
@@ -769,9 +789,11 @@ impl Mount {
     fn command(&self) -> Command {
         let mut cmd = Command::new(SSECFS);
         cmd.arg("mount").arg("-f");
-        // extra args naming their own endpoint (TLS, a proxy) replace the test server's
+        // extra args naming their own endpoint (TLS) replace the test server's
         if !self.args.iter().any(|a| a == "--endpoint") {
-            cmd.arg("--endpoint").arg(endpoint()).arg("--allow-http");
+            cmd.arg("--endpoint")
+                .arg(self.endpoint.clone().unwrap_or_else(endpoint))
+                .arg("--allow-http");
         }
         cmd.arg("--key-file")
             .arg(&self.key_path)
@@ -847,12 +869,17 @@ impl Mount {
     /// Unmount and wait for the process (killing it after [`EXIT_TIMEOUT`]); `None` when it
     /// was not running.
     pub fn stop(&mut self) -> Option<Stopped> {
+        self.stop_within(EXIT_TIMEOUT)
+    }
+
+    /// [`Mount::stop`] giving the process `exit_timeout` to exit after the unmount.
+    pub fn stop_within(&mut self, exit_timeout: Duration) -> Option<Stopped> {
         let mut child = self.child.take()?;
         if let Some(w) = self.watchdog.take() {
             w.disarm();
         }
         unmount_path(&self.mnt_path, Duration::from_secs(5));
-        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let deadline = Instant::now() + exit_timeout;
         let (status, killed) = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break (s, false),
@@ -861,7 +888,7 @@ impl Mount {
                 }
                 _ => {
                     eprintln!(
-                        "ssecfs (pid {}) did not exit within {EXIT_TIMEOUT:?} of the unmount \
+                        "ssecfs (pid {}) did not exit within {exit_timeout:?} of the unmount \
                          of {}: killing it",
                         child.id(),
                         self.mnt_path.display()
