@@ -1007,6 +1007,23 @@ mod tests {
         )
     }
 
+    /// A believable 206 answer to a ranged GET (an implausible one would be retried, and the
+    /// capturing client answers only once).
+    fn ranged_answer(body: &'static [u8], offset: u64, total: u64) -> HttpResponse {
+        let mut answer = HttpResponse::new(
+            206.try_into().unwrap(),
+            aws_smithy_types::body::SdkBody::from(body),
+        );
+        let end = offset + body.len() as u64 - 1;
+        answer
+            .headers_mut()
+            .insert("content-range", format!("bytes {offset}-{end}/{total}"));
+        answer
+            .headers_mut()
+            .insert("content-length", body.len().to_string());
+        answer
+    }
+
     fn assert_trio(req: &aws_smithy_runtime_api::http::Request, k: &CustomerKey, copy: bool) {
         let h = req.headers();
         assert_eq!(h.get(ALG), Some("AES256"), "{:?}", req.uri());
@@ -1032,14 +1049,7 @@ mod tests {
         assert_trio(&rx.expect_request(), &k, false);
 
         // (a believable answer: an empty one would be retried, and this client answers once)
-        let mut answer = HttpResponse::new(
-            206.try_into().unwrap(),
-            aws_smithy_types::body::SdkBody::from("0123456789"),
-        );
-        answer
-            .headers_mut()
-            .insert("content-range", "bytes 5-14/100");
-        answer.headers_mut().insert("content-length", "10");
+        let answer = ranged_answer(b"0123456789", 5, 100);
         let (s, rx) = store_answering(KeyRing::single(key()), Some(answer));
         assert_eq!(
             s.get_range("a", 5, &mut buf, None, Sealing::PRIMARY)
@@ -1148,7 +1158,7 @@ mod tests {
         assert_eq!(req.headers().get(SRC_KEY), Some(old_b64.as_str()));
         assert_eq!(req.headers().get(meta_fp.as_str()), Some(new_fp.as_str()));
 
-        let (s, rx) = ring_store(ring());
+        let (s, rx) = store_answering(ring(), Some(ranged_answer(b"abcd", 0, 100)));
         let mut buf = [0u8; 4];
         let _ = s.get_range("a", 0, &mut buf, None, Sealing::Key(1)).await;
         assert_eq!(
@@ -1157,7 +1167,7 @@ mod tests {
         );
 
         // a plain object is read and copied without key headers on its side
-        let (s, rx) = ring_store(ring());
+        let (s, rx) = store_answering(ring(), Some(ranged_answer(b"abcd", 0, 100)));
         let _ = s.get_range("a", 0, &mut buf, None, Sealing::Plain).await;
         assert!(rx.expect_request().headers().get(KEY).is_none());
         let (s, rx) = ring_store(ring());
