@@ -150,6 +150,9 @@ pub struct MountArgs {
     /// Mount even if the key opens none of the sampled objects.
     #[arg(long)]
     pub force: bool,
+    /// Mount over a directory that is not empty (its files are hidden while mounted).
+    #[arg(long)]
+    pub nonempty: bool,
     /// Write logs here when detached (default: syslog-style stderr is closed).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
@@ -202,7 +205,6 @@ const IGNORED: &[&str] = &[
     "loop",
     "bg",
     "fg",
-    "nonempty",
     "silent",
     "loud",
 ];

@@ -415,6 +415,17 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
             m.mountpoint.display()
         ));
     }
+    let has_entries = std::fs::read_dir(&m.mountpoint)
+        .map_err(|e| format!("mountpoint {}: {e}", m.mountpoint.display()))?
+        .next()
+        .is_some();
+    if has_entries && !m.nonempty {
+        return Err(format!(
+            "mountpoint {} is not empty: its files would be hidden while mounted (pass \
+             --nonempty or -o nonempty to mount over them anyway)",
+            m.mountpoint.display()
+        ));
+    }
     let (cache_size, shrink) = if m.cache_size.eq_ignore_ascii_case("auto") {
         (256 << 20, true)
     } else {

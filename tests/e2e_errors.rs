@@ -355,6 +355,20 @@ fn mountpoint_missing() {
 }
 
 #[test]
+fn mountpoint_not_empty() {
+    let b = TestBucket::new();
+    let s = setup();
+    fs::write(s.mnt.join("precious.txt"), b"local file").unwrap();
+    let a = ssecfs(&args(s.base_args(), &[], b.name(), &s.mnt), &[], &s.mnt);
+    assert_refused(
+        &a,
+        &s.key,
+        &["not empty", "nonempty", s.mnt.to_str().unwrap()],
+    );
+    assert_eq!(fs::read(s.mnt.join("precious.txt")).unwrap(), b"local file");
+}
+
+#[test]
 fn unknown_mount_option() {
     let b = TestBucket::new();
     let s = setup();
