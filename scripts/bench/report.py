@@ -497,6 +497,10 @@ def chart(path, meta, built):
     return True
 
 
+# The first heading of the hand-measured sections kept at the end of BENCHMARKS.md.
+KEPT_FROM = "## Spill tier"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--results", required=True)
@@ -510,6 +514,15 @@ def main():
         if not chart(a.png, meta, built):
             md = md.replace("![Benchmark chart](benchmarks.png)", "(no chart: matplotlib was not available)")
     if a.md:
+        # sections measured by other scripts (e.g. bench-spill.sh) survive a regeneration
+        try:
+            with open(a.md) as f:
+                old = f.read()
+        except OSError:
+            old = ""
+        kept = old.find(KEPT_FROM)
+        if kept >= 0:
+            md = md.rstrip("\n") + "\n\n" + old[kept:]
         tmp = a.md + ".tmp"
         with open(tmp, "w") as f:
             f.write(md)
