@@ -298,22 +298,27 @@ mod tests {
     use crate::s3::mem::MemStore;
     use crate::s3::Metadata;
 
+    /// Store `data` as object `o` and return its reference (as HEAD sees it).
+    async fn put_object(mem: &MemStore, data: Vec<u8>) -> ObjectRef {
+        mem.put("o", bytes::Bytes::from(data), &Metadata::new())
+            .await
+            .unwrap();
+        let info = mem.head("o").await.unwrap();
+        ObjectRef {
+            key: "o".into(),
+            etag: info.etag,
+            size: info.size,
+            sealing: Sealing::PRIMARY,
+        }
+    }
+
     #[tokio::test]
     async fn reads_across_blocks_and_shares_fetches() {
         let mem = MemStore::new("k");
         let data: Vec<u8> = (0..(3 * SMALL_BLOCK as usize + 100))
             .map(|i| i as u8)
             .collect();
-        mem.put("o", bytes::Bytes::from(data.clone()), &Metadata::new())
-            .await
-            .unwrap();
-        let info = mem.head("o").await.unwrap();
-        let obj = ObjectRef {
-            key: "o".into(),
-            etag: info.etag,
-            size: info.size,
-            sealing: Sealing::PRIMARY,
-        };
+        let obj = put_object(&mem, data.clone()).await;
         let cache = BlockCache::new(
             Arc::new(mem.clone()),
             Arena::with_cap_unchecked(16 << 20),
@@ -343,16 +348,7 @@ mod tests {
     async fn evicted_blocks_come_back_from_the_spill_tier() {
         let mem = MemStore::new("k");
         let data: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8).collect();
-        mem.put("o", bytes::Bytes::from(data.clone()), &Metadata::new())
-            .await
-            .unwrap();
-        let info = mem.head("o").await.unwrap();
-        let obj = ObjectRef {
-            key: "o".into(),
-            etag: info.etag,
-            size: info.size,
-            sealing: Sealing::PRIMARY,
-        };
+        let obj = put_object(&mem, data.clone()).await;
         let arena = Arena::with_cap_unchecked(16 << 20);
         let dir = tempfile::tempdir().unwrap();
         let spill = Spill::create(dir.path(), 8 << 20, &arena).unwrap();

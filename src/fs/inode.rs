@@ -257,7 +257,7 @@ pub fn far_future() -> Instant {
 mod tests {
     use super::*;
 
-    fn node(kind: Kind) -> Node {
+    pub(super) fn node(kind: Kind) -> Node {
         Node {
             parent: 0,
             name: String::new(),
@@ -306,27 +306,13 @@ mod tests {
 /// reach the root.
 #[cfg(test)]
 mod stress {
+    use super::tests::node;
     use super::*;
     use rand::{Rng, SeedableRng};
     use std::sync::{Arc, Mutex};
 
     const DIRS: [&str; 4] = ["d0", "d1", "d2", "d3"];
     const FILES: [&str; 6] = ["f0", "f1", "f2", "f3", "f4", "f5"];
-
-    fn node(kind: Kind) -> Node {
-        Node {
-            parent: 0,
-            name: String::new(),
-            attr: Attr::new(kind, 0o644, 0, 0),
-            fresh_until: Instant::now(),
-            remote: true,
-            etag: String::new(),
-            sealing: Sealing::PRIMARY,
-            lookups: 0,
-            open: 0,
-            link_target: None,
-        }
-    }
 
     fn check(t: &Table) {
         for ((p, name), ino) in &t.children {
