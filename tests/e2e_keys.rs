@@ -101,27 +101,7 @@ fn key_ring_opens_old_objects_and_seals_writes_with_the_first_key() {
     // rotate with a key-ring file of old keys (old and stranger) to the new key
     let ring = key_file(keys.path(), "ring", &[&old, &stranger]);
     let new_path = key_file(keys.path(), "new", &[&new]);
-    let out = output_of(
-        Command::new(SSECFS)
-            .args([
-                "rotate",
-                "--endpoint",
-                &endpoint(),
-                "--allow-http",
-                "--from",
-            ])
-            .arg(&ring)
-            .arg("--to")
-            .arg(&new_path)
-            .arg(bucket.name()),
-        Duration::from_secs(120),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = rotate(bucket.name(), &ring, &new_path, &[]);
     assert!(stdout.contains("rotated 2,"), "{stdout}");
     assert_stored(
         bucket.name(),

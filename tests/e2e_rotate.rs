@@ -4,36 +4,8 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
-use std::time::Duration;
 
 use common::*;
-
-fn rotate(bucket: &str, from: &std::path::Path, to: &std::path::Path, extra: &[&str]) -> String {
-    let out = output_of(
-        Command::new(SSECFS)
-            .args([
-                "rotate",
-                "--endpoint",
-                &endpoint(),
-                "--allow-http",
-                "--from",
-            ])
-            .arg(from)
-            .arg("--to")
-            .arg(to)
-            .args(extra)
-            .arg(bucket),
-        Duration::from_secs(120),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "rotate failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 #[test]
 fn rotate_reencrypts_server_side_and_resumes() {

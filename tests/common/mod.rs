@@ -1411,3 +1411,36 @@ pub fn rand_u64() -> u64 {
         .unwrap();
     u64::from_le_bytes(b)
 }
+
+/// `ssecfs rotate --from FROM --to TO [extra] BUCKET` against the test server; asserts success
+/// and returns its stdout (the summary).
+pub fn rotate(
+    bucket: &str,
+    from: &std::path::Path,
+    to: &std::path::Path,
+    extra: &[&str],
+) -> String {
+    let out = output_of(
+        Command::new(SSECFS)
+            .args([
+                "rotate",
+                "--endpoint",
+                &endpoint(),
+                "--allow-http",
+                "--from",
+            ])
+            .arg(from)
+            .arg("--to")
+            .arg(to)
+            .args(extra)
+            .arg(bucket),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rotate failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
