@@ -30,7 +30,7 @@ use tempfile::TempDir;
 pub const SSECFS: &str = env!("CARGO_BIN_EXE_ssecfs");
 
 /// How long a mount may take to appear in /proc/self/mounts.
-pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the mount process may take to exit once unmounted.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit for one command run by the tests.
