@@ -908,7 +908,13 @@ impl Mount {
     /// Unmount; panics unless the process exited cleanly (status 0, not killed).
     #[track_caller]
     pub fn unmount(&mut self) {
-        if let Some(s) = self.stop() {
+        self.unmount_within(EXIT_TIMEOUT);
+    }
+
+    /// [`Mount::unmount`], allowing the daemon `exit_timeout` to exit.
+    #[track_caller]
+    pub fn unmount_within(&mut self, exit_timeout: Duration) {
+        if let Some(s) = self.stop_within(exit_timeout) {
             assert!(
                 s.clean(),
                 "ssecfs did not exit cleanly after unmount ({:?}); log:\n{}",
@@ -921,7 +927,15 @@ impl Mount {
     /// Unmount (asserting a clean exit) and mount again with the same key and options.
     #[track_caller]
     pub fn remount(&mut self) {
-        self.unmount();
+        self.remount_within(EXIT_TIMEOUT);
+    }
+
+    /// [`Mount::remount`], allowing the old daemon `exit_timeout` to exit: after fault
+    /// injection, kernel read-ahead requests still in their retry backoff hold the FUSE
+    /// session until they end.
+    #[track_caller]
+    pub fn remount_within(&mut self, exit_timeout: Duration) {
+        self.unmount_within(exit_timeout);
         if let Err(e) = self.start() {
             panic!("remount failed: {e}");
         }
