@@ -261,16 +261,21 @@ CONF
 # ---------------------------------------------------------------------------------------------
 # kill / resume: a crash and a restart that keep the data (fault-injection tests)
 
-kill_garage() {
+# SIGKILL the Garage of this pid file (a crash: its data dirs stay), wait up to 5 s for it to go
+crash_pidfile() { # pidfile
 	local p
-	if p=$(pid_alive "$DIR/garage.pid" garage); then
+	if p=$(pid_alive "$1" garage); then
 		kill -9 "$p" 2>/dev/null || true
 		for _ in $(seq 50); do
 			kill -0 "$p" 2>/dev/null || break
 			sleep 0.1
 		done
 	fi
-	rm -f "$DIR/garage.pid"
+	rm -f "$1"
+}
+
+kill_garage() {
+	crash_pidfile "$DIR/garage.pid"
 }
 
 resume() {
@@ -393,16 +398,9 @@ start_node() { # n: start the server on its config and wait until its RPC answer
 }
 
 kill_node() {
-	local n=$1 p
+	local n=$1
 	check_node "$n"
-	if p=$(pid_alive "$CDIR/node$n/garage.pid" garage); then
-		kill -9 "$p" 2>/dev/null || true
-		for _ in $(seq 50); do
-			kill -0 "$p" 2>/dev/null || break
-			sleep 0.1
-		done
-	fi
-	rm -f "$CDIR/node$n/garage.pid"
+	crash_pidfile "$CDIR/node$n/garage.pid"
 }
 
 # how many nodes node N (default 1) sees as up (garage status lists "HEALTHY NODES" first)
