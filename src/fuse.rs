@@ -442,3 +442,70 @@ impl fuser::Filesystem for FuseAdapter {
         );
     }
 }
+
+/// Kernel read-ahead for our mount, in KiB. The kernel gives every FUSE mount 128 KiB, so a
+/// sequential reader sends one 128 KiB READ at a time: eight kernel round trips per MiB, and
+/// the daemon spent more CPU on them than on the data (1 GiB `dd`: 2.4 s of daemon CPU at
+/// 128 KiB, 1.4 s at 4 MiB). With 4 MiB the kernel keeps several 1 MiB READs (`max_pages`) in
+/// flight; random readers are unaffected (the kernel only grows read-ahead for sequential
+/// access).
+pub const KERNEL_READAHEAD_KB: u32 = 4096;
+
+/// Raise the kernel's read-ahead of the FUSE mount at `mountpoint` to `kb` KiB by writing
+/// `/sys/class/bdi/MAJ:MIN/read_ahead_kb`. Only root may write it; for anyone else the mount
+/// keeps the kernel's 128 KiB and this says so at debug level. The device number comes from
+/// /proc/self/mountinfo, because stat() on the mountpoint would wait for our own session.
+pub fn raise_kernel_readahead(mountpoint: &Path, kb: u32) {
+    let Some(dev) = mount_device(mountpoint) else {
+        tracing::debug!(mountpoint = %mountpoint.display(), "mount not found in mountinfo; read-ahead left as is");
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => tracing::debug!(path, kb, "kernel read-ahead raised"),
+        Err(e) => tracing::debug!(path, error = %e, "kernel read-ahead left at its default"),
+    }
+}
+
+/// `MAJ:MIN` of the last mount at `mountpoint` in /proc/self/mountinfo.
+fn mount_device(mountpoint: &Path) -> Option<String> {
+    let want = std::fs::canonicalize(mountpoint).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo_device(&info, &want.to_string_lossy())
+}
+
+/// The device field of the last line of `info` mounted at `mountpoint` (mountinfo escapes
+/// spaces and the like as octal `\040`).
+fn mountinfo_device(info: &str, mountpoint: &str) -> Option<String> {
+    let escaped = mountpoint
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    info.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let dev = f.nth(2)?;
+            let at = f.nth(1)?;
+            (at == escaped).then(|| dev.to_owned())
+        })
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mountinfo_device;
+
+    #[test]
+    fn mountinfo_device_finds_the_last_mount_at_a_path() {
+        let info = "22 1 0:21 / /tmp rw shared:1 - tmpfs tmpfs rw\n\
+                    40 22 0:39 / /tmp/my\\040mnt rw,nosuid - fuse.ssecfs ssecfs:b rw\n\
+                    41 22 0:40 / /tmp/my\\040mnt rw,nosuid - fuse.ssecfs ssecfs:b rw\n";
+        assert_eq!(
+            mountinfo_device(info, "/tmp/my mnt").as_deref(),
+            Some("0:40")
+        );
+        assert_eq!(mountinfo_device(info, "/tmp").as_deref(), Some("0:21"));
+        assert_eq!(mountinfo_device(info, "/nowhere"), None);
+    }
+}

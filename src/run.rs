@@ -663,6 +663,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     let mut session = fuser::Session::new(adapter, &m.mountpoint, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", m.mountpoint.display()))?;
     tracing::info!(source = %m.source, mountpoint = %m.mountpoint.display(), "mounted");
+    crate::fuse::raise_kernel_readahead(&m.mountpoint, crate::fuse::KERNEL_READAHEAD_KB);
     if let Some(mut pipe) = ready.take() {
         let _ = writeln!(pipe, "OK");
     }

@@ -18,10 +18,14 @@ use tokio::sync::OnceCell;
 use super::arena::{Arena, LockedBuf};
 use super::spill::{block_aad, Spill};
 use crate::fs::error::{FsError, FsResult};
-use crate::s3::{ObjectStore, Sealing};
+use crate::s3::{ObjectStore, S3Error, Sealing};
 
 /// Block size for sequential reads and read-ahead.
 pub const LARGE_BLOCK: u64 = 1 << 20;
+/// Read-ahead fetches up to this many consecutive large blocks with one GET (8 MiB): Garage
+/// spent 363 CPU ticks serving 1 GiB as 1 MiB ranges and 321 as 8 MiB ones, on a machine where
+/// it shares two cores with us.
+pub const FETCH_RUN: u64 = 8;
 /// Block size for random reads.
 pub const SMALL_BLOCK: u64 = 64 << 10;
 
@@ -252,31 +256,102 @@ impl BlockCache {
         Ok(Some((b, from..to)))
     }
 
-    /// Start fetching blocks `[from, to)` in the background (read-ahead).
+    /// Start fetching blocks `[from, to)` in the background (read-ahead). Blocks are fetched
+    /// in aligned runs of [`FETCH_RUN`], one GET per run; a run is started only once the
+    /// window covers all of it (or the object's end), so a window that slides one block per
+    /// read still sends large GETs.
     pub fn prefetch(self: &Arc<Self>, obj: &ObjectRef, block_size: u64, from: u64, to: u64) {
         let last = obj.size.div_ceil(block_size);
-        for i in from..to.min(last) {
+        // a small window (small cache) gets shorter runs, so it still holds two of them
+        let run_len = FETCH_RUN.min((to.saturating_sub(from) / 2).max(1));
+        let to = if to >= last {
+            last
+        } else {
+            (to / run_len * run_len).max(from)
+        };
+        let mut run: Vec<(u64, Cell)> = Vec::new();
+        for i in from..to {
             let id = BlockId {
                 key: obj.key.clone(),
                 etag: obj.etag.clone(),
                 block_size,
                 index: i,
             };
-            let known = self
-                .lru
-                .lock()
-                .unwrap()
-                .map
-                .get(&id)
-                .is_some_and(|(c, _)| c.initialized());
-            if known {
-                continue;
+            let known = self.lru.lock().unwrap().map.contains_key(&id);
+            if !known {
+                let (cell, victims) = self.cell(&id);
+                self.spill_victims(victims);
+                run.push((i, cell));
             }
-            let me = self.clone();
-            let obj = obj.clone();
-            tokio::spawn(async move {
-                let _ = me.block(&obj, block_size, i).await;
-            });
+            // a run ends at a gap (a block already cached or coming), an aligned boundary,
+            // or the window's end
+            let next_known = i + 1 < to && {
+                let next = BlockId { index: i + 1, ..id };
+                self.lru.lock().unwrap().map.contains_key(&next)
+            };
+            if !run.is_empty() && (known || next_known || (i + 1) % run_len == 0 || i + 1 == to) {
+                let me = self.clone();
+                let obj = obj.clone();
+                let cells = std::mem::take(&mut run);
+                tokio::spawn(async move { me.fetch_run(&obj, block_size, cells).await });
+            }
+        }
+    }
+
+    /// Fill the consecutive blocks `cells` (index, cell) with one ranged GET. Each cell is
+    /// initialised through its own `OnceCell`, so a reader waiting on any of them gets the
+    /// block of this one request; a cell someone else filled first keeps its block. When the
+    /// GET fails the cells are forgotten and a waiting reader fetches its block itself.
+    async fn fetch_run(&self, obj: &ObjectRef, block_size: u64, cells: Vec<(u64, Cell)>) {
+        if self.spill.is_some() || cells.len() == 1 {
+            // blocks may come back from the spill tier one by one; one block is one GET anyway
+            for (i, _) in cells {
+                let _ = self.block(obj, block_size, i).await;
+            }
+            return;
+        }
+        let (txs, rxs): (Vec<_>, Vec<_>) = cells
+            .iter()
+            .map(|_| tokio::sync::oneshot::channel::<Arc<LockedBuf>>())
+            .unzip();
+        let fetch = async {
+            let first = cells[0].0;
+            let mut bufs = Vec::with_capacity(cells.len());
+            for (i, _) in &cells {
+                let start = i * block_size;
+                let len = block_size.min(obj.size.saturating_sub(start)) as usize;
+                bufs.push(self.arena.alloc(len).await?);
+            }
+            let etag = (!obj.etag.is_empty()).then_some(obj.etag.as_str());
+            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+            let mut n = self
+                .store
+                .get_ranges(&obj.key, first * block_size, &mut slices, etag, obj.sealing)
+                .await?;
+            for (tx, mut b) in txs.into_iter().zip(bufs) {
+                let len = n.min(b.len());
+                b.set_len(len);
+                n -= len;
+                let _ = tx.send(Arc::new(b));
+            }
+            Ok::<_, FsError>(())
+        };
+        let fills = cells.iter().zip(rxs).map(|((_, cell), rx)| {
+            cell.get_or_try_init(|| async move {
+                rx.await
+                    .map_err(|_| FsError::S3(S3Error::Transport("read-ahead GET failed".into())))
+            })
+        });
+        let (_, filled) = tokio::join!(fetch, futures::future::join_all(fills));
+        for ((i, _), r) in cells.iter().zip(filled) {
+            if r.is_err() {
+                self.forget(&BlockId {
+                    key: obj.key.clone(),
+                    etag: obj.etag.clone(),
+                    block_size,
+                    index: *i,
+                });
+            }
         }
     }
 
@@ -342,6 +417,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 50);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_fetches_runs_of_blocks_with_one_get_each() {
+        let mem = MemStore::new("k");
+        // 20.5 blocks: the last run is short and the last block partial
+        let data: Vec<u8> = (0..(20 * LARGE_BLOCK as usize + 1000))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let obj = put_object(&mem, data.clone()).await;
+        let cache = Arc::new(BlockCache::new(
+            Arc::new(mem.clone()),
+            Arena::with_cap_unchecked(64 << 20),
+            48 << 20,
+        ));
+        // a window of 16 blocks: runs of 8, aligned; blocks 1..8 and 8..16 in two GETs
+        cache.prefetch(&obj, LARGE_BLOCK, 1, 17);
+        // to the end of the object: 16..21 in one more
+        cache.prefetch(&obj, LARGE_BLOCK, 16, 40);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut out = vec![0u8; data.len() - LARGE_BLOCK as usize];
+        let n = cache
+            .read(&obj, LARGE_BLOCK, &mut out, LARGE_BLOCK)
+            .await
+            .unwrap();
+        assert_eq!(n, out.len());
+        assert!(
+            out == data[LARGE_BLOCK as usize..],
+            "read-ahead data differs"
+        );
+        assert_eq!(mem.counts()["get"], 3, "one GET per run");
+        // a small window gets runs of half its size, aligned: [1, 3) and [3, 6)
+        cache.invalidate("o");
+        cache.prefetch(&obj, LARGE_BLOCK, 1, 7);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(mem.counts()["get"], 5, "runs of 3 for a 6-block window");
     }
 
     #[tokio::test]

@@ -273,26 +273,23 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
 }
 
 impl AwsStore {
-    /// One GET of `buf.len()` bytes at `offset`. The outer `Err` is a body failure to retry;
-    /// the inner result is final.
+    /// One GET of `Σ len(bufs)` bytes at `offset`, filling `bufs` in order. The outer `Err` is
+    /// a body failure to retry; the inner result is final.
     async fn get_range_once(
         &self,
         key: &str,
         offset: u64,
-        buf: &mut [u8],
+        bufs: &mut [&mut [u8]],
         etag: Option<&str>,
         sealing: Sealing,
     ) -> Result<S3Result<usize>, BodyFailure> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut req = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .range(format!(
-                "bytes={}-{}",
-                offset,
-                offset + buf.len() as u64 - 1
-            ));
+            .range(format!("bytes={}-{}", offset, offset + total as u64 - 1));
         if let Some(etag) = etag {
             req = req.if_match(etag);
         }
@@ -316,10 +313,9 @@ impl AwsStore {
         let expected = match out.content_range().map(parse_content_range) {
             Some(Some((first, last))) if first == offset && last >= first => {
                 let n = last - first + 1;
-                if n > buf.len() as u64 {
+                if n > total as u64 {
                     return Err(BodyFailure(malformed(format!(
-                        "GET answered {n} bytes for a range of {}",
-                        buf.len()
+                        "GET answered {n} bytes for a range of {total}"
                     ))));
                 }
                 Some(n as usize)
@@ -335,6 +331,8 @@ impl AwsStore {
         let length = out.content_length();
         let mut body = out.body;
         let mut filled = 0;
+        // Where the next byte goes: buffer `slot`, at `at` within it.
+        let (mut slot, mut at) = (0, 0);
         loop {
             let chunk = match body.try_next().await {
                 Ok(Some(c)) => c,
@@ -345,14 +343,23 @@ impl AwsStore {
                     ))))
                 }
             };
-            let n = chunk.len().min(buf.len() - filled);
-            buf[filled..filled + n].copy_from_slice(&chunk[..n]);
-            filled += n;
+            let mut rest = &chunk[..];
+            while !rest.is_empty() && slot < bufs.len() {
+                let n = rest.len().min(bufs[slot].len() - at);
+                bufs[slot][at..at + n].copy_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                filled += n;
+                at += n;
+                if at == bufs[slot].len() {
+                    slot += 1;
+                    at = 0;
+                }
+            }
             // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
         }
         let believable = match expected {
             Some(n) => filled == n,
-            None => filled == buf.len() || (offset == 0 && length == Some(filled as i64)),
+            None => filled == total || (offset == 0 && length == Some(filled as i64)),
         };
         if !believable {
             return Err(BodyFailure(malformed(format!(
@@ -417,22 +424,22 @@ impl ObjectStore for AwsStore {
         })
     }
 
-    async fn get_range(
+    async fn get_ranges(
         &self,
         key: &str,
         offset: u64,
-        buf: &mut [u8],
+        bufs: &mut [&mut [u8]],
         etag: Option<&str>,
         sealing: Sealing,
     ) -> S3Result<usize> {
-        if buf.is_empty() {
+        if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
         }
         // The SDK retries a GET until its response head arrives; a body that breaks or comes
         // short after that is ours to retry (the range is idempotent).
         let mut attempt = 1;
         loop {
-            match self.get_range_once(key, offset, buf, etag, sealing).await {
+            match self.get_range_once(key, offset, bufs, etag, sealing).await {
                 Err(BodyFailure(e)) if attempt < BODY_ATTEMPTS => {
                     tracing::warn!(object = key, offset, attempt, error = %e, "ranged GET failed mid-body; retrying");
                     backoff(attempt).await;

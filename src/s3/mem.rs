@@ -173,11 +173,11 @@ impl ObjectStore for MemStore {
         })
     }
 
-    async fn get_range(
+    async fn get_ranges(
         &self,
         key: &str,
         offset: u64,
-        buf: &mut [u8],
+        bufs: &mut [&mut [u8]],
         etag: Option<&str>,
         sealing: Sealing,
     ) -> S3Result<usize> {
@@ -188,10 +188,14 @@ impl ObjectStore for MemStore {
         if etag.is_some_and(|e| e != o.etag) {
             return Err(S3Error::PreconditionFailed);
         }
-        let start = (offset as usize).min(o.data.len());
-        let end = (start + buf.len()).min(o.data.len());
-        buf[..end - start].copy_from_slice(&o.data[start..end]);
-        let n = end - start;
+        let mut at = (offset as usize).min(o.data.len());
+        let mut n = 0;
+        for buf in bufs.iter_mut() {
+            let end = (at + buf.len()).min(o.data.len());
+            buf[..end - at].copy_from_slice(&o.data[at..end]);
+            n += end - at;
+            at = end;
+        }
         *st.counts.entry("bytes_down").or_default() += n as u64;
         Ok(n)
     }

@@ -132,9 +132,21 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// to recognise a plain object; `WrongKey` when nothing opens it.
     async fn head(&self, key: &str) -> S3Result<ObjectInfo>;
 
-    /// Ranged GET with the key, written into `buf` (whose length is the range length). When
-    /// `etag` is given the read fails with `PreconditionFailed` if the object changed. Returns
-    /// the bytes written (short at end of object). `sealing` is what [`ObjectStore::head`] found.
+    /// Ranged GET with the key, written into `bufs` one after another: a single request for
+    /// `offset .. offset + Σ len(bufs)`, so read-ahead fills several cache blocks with one GET
+    /// (the server spends less per byte on fewer, larger ranges). When `etag` is given the read
+    /// fails with `PreconditionFailed` if the object changed. Returns the bytes written in all
+    /// (short at end of object). `sealing` is what [`ObjectStore::head`] found.
+    async fn get_ranges(
+        &self,
+        key: &str,
+        offset: u64,
+        bufs: &mut [&mut [u8]],
+        etag: Option<&str>,
+        sealing: Sealing,
+    ) -> S3Result<usize>;
+
+    /// [`ObjectStore::get_ranges`] into one buffer, whose length is the range length.
     async fn get_range(
         &self,
         key: &str,
@@ -142,7 +154,10 @@ pub trait ObjectStore: Send + Sync + 'static {
         buf: &mut [u8],
         etag: Option<&str>,
         sealing: Sealing,
-    ) -> S3Result<usize>;
+    ) -> S3Result<usize> {
+        self.get_ranges(key, offset, &mut [buf], etag, sealing)
+            .await
+    }
 
     /// PutObject with the key and metadata; returns the new ETag.
     /// Sent with a CRC32C of the body, which the server checks before storing anything.
