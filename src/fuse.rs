@@ -482,14 +482,12 @@ fn mountinfo_device(info: &str, mountpoint: &str) -> Option<String> {
         .replace(' ', "\\040")
         .replace('\t', "\\011")
         .replace('\n', "\\012");
-    info.lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let dev = f.nth(2)?;
-            let at = f.nth(1)?;
-            (at == escaped).then(|| dev.to_owned())
-        })
-        .last()
+    info.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let dev = f.nth(2)?;
+        let at = f.nth(1)?;
+        (at == escaped).then(|| dev.to_owned())
+    })
 }
 
 #[cfg(test)]
