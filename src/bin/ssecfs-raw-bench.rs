@@ -15,6 +15,10 @@
 //!
 //! This tool exists for benchmarking against a local test server: it talks plain http when
 //! the endpoint says so and makes no effort to protect the key in memory.
+//!
+//! Its uploads have the shape of ssecfs's own: a CRC32C on every PutObject and UploadPart
+//! (multipart uploads created with CRC32C) and no SigV4 payload hash (UNSIGNED-PAYLOAD), so
+//! the ratio compares the filesystem with the same requests sent directly.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -361,9 +365,12 @@ async fn put_object(ctx: &Ctx, bucket: &str, key: &str, body: Bytes) -> Result<(
             .put_object()
             .bucket(bucket)
             .key(key)
+            .checksum_crc32_c(ssecfs::s3::crc32c_base64(&body))
             .body(ByteStream::from(body)),
         ctx.sse
     )
+    .customize()
+    .disable_payload_signing()
     .send()
     .await
     .map_err(|e| anyhow!("PUT {key}: {}", err_text(e)))?;
@@ -407,7 +414,11 @@ async fn put_file(
         put_object(ctx, bucket, key, buf.into()).await?;
     } else {
         let create = sse!(
-            ctx.client.create_multipart_upload().bucket(bucket).key(key),
+            ctx.client
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C),
             ctx.sse
         )
         .send()
@@ -426,6 +437,7 @@ async fn put_file(
                     let len = part.min(size - off) as usize;
                     let mut buf = vec![0u8; len];
                     f.read_exact_at(&mut buf, off)?;
+                    let crc = ssecfs::s3::crc32c_base64(&buf);
                     let out = sse!(
                         ctx.client
                             .upload_part()
@@ -433,9 +445,12 @@ async fn put_file(
                             .key(key)
                             .upload_id(&upload_id)
                             .part_number(i as i32 + 1)
+                            .checksum_crc32_c(&crc)
                             .body(ByteStream::from(buf)),
                         ctx.sse
                     )
+                    .customize()
+                    .disable_payload_signing()
                     .send()
                     .await
                     .map_err(|e| anyhow!("UploadPart {}: {}", i + 1, err_text(e)))?;
@@ -443,6 +458,7 @@ async fn put_file(
                         CompletedPart::builder()
                             .part_number(i as i32 + 1)
                             .set_e_tag(out.e_tag().map(str::to_owned))
+                            .checksum_crc32_c(crc)
                             .build(),
                     )
                 }

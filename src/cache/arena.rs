@@ -359,10 +359,12 @@ impl LockedBuf {
     /// Change the usable length within the capacity; new bytes are zero.
     pub fn set_len(&mut self, len: usize) {
         assert!(len <= self.capacity(), "LockedBuf::set_len beyond capacity");
-        if len < self.len {
-            // keep the invariant that bytes past len are zero
-            let old = self.len;
-            self.region.as_mut().unwrap().as_mut_slice()[len..old].fill(0);
+        // Keep the invariant that bytes past len are zero. Only bytes below `dirty` were ever
+        // writable, so only those need zeroing (a fresh buffer cut to 0 costs nothing).
+        if len < self.dirty {
+            let dirty = self.dirty;
+            self.region.as_mut().unwrap().as_mut_slice()[len..dirty].fill(0);
+            self.dirty = len;
         }
         self.len = len;
     }
