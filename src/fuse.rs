@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use crate::fs::attr::{Attr, Kind};
@@ -25,11 +25,17 @@ const KERNEL_TTL: Duration = Duration::from_secs(1);
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
+    /// Flags for every opened file: direct I/O when the kernel allows mmap with it.
+    open_flags: FopenFlags,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> FuseAdapter {
-        FuseAdapter { fs, rt }
+        FuseAdapter {
+            fs,
+            rt,
+            open_flags: FopenFlags::empty(),
+        }
     }
 
     fn run<T>(
@@ -108,6 +114,22 @@ impl fuser::Filesystem for FuseAdapter {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
+        // Direct I/O: read() and write() go straight between the caller's buffer and ours,
+        // bypassing the page cache. Plaintext then lives only in the locked arena (the page
+        // cache is neither locked nor bounded by --cache-size), and a read costs one copy
+        // less: 1 GiB sequential read went from 0.82x to 0.91x the raw SDK. mmap (and so
+        // exec) of such files needs FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6); on older kernels
+        // files keep the page cache.
+        if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok()
+        {
+            self.open_flags = FopenFlags::FOPEN_DIRECT_IO;
+        }
+        tracing::debug!(
+            direct_io = !self.open_flags.is_empty(),
+            "kernel session ready"
+        );
         Ok(())
     }
 
@@ -259,7 +281,7 @@ impl fuser::Filesystem for FuseAdapter {
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let r = self.run("open", ino.0, self.fs.open(ino.0, write, trunc));
         reply_or!(reply, r, |reply: ReplyOpen, fh: u64| reply
-            .opened(FileHandle(fh), FopenFlags::empty()));
+            .opened(FileHandle(fh), self.open_flags));
     }
 
     fn read(
@@ -437,7 +459,7 @@ impl fuser::Filesystem for FuseAdapter {
                 &file_attr(ino, &attr),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty()
+                self.open_flags
             )
         );
     }

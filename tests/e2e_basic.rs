@@ -807,3 +807,50 @@ fn read_only_mount_refuses_writes() {
     assert_eq!(list(b.name(), ""), ["existing.txt"]);
     assert_stored(b.name(), "existing.txt", &key, b"existing");
 }
+
+/// Files are opened with direct I/O (no page cache) where the kernel allows mmap with it;
+/// programs that map or execute files must still work, and a shared mapping's writes must
+/// reach the server and agree with read().
+#[test]
+fn mmap_and_exec_of_files_on_the_mount() {
+    use std::os::fd::AsRawFd;
+    let b = TestBucket::new();
+    let mut m = Mount::new(&b, &[]);
+    fs::copy("/bin/true", m.path("true")).unwrap();
+    run(m.path("true").to_str().unwrap(), &[] as &[&str]);
+
+    let p = m.path("mapped");
+    let len = 10_000;
+    fs::write(&p, vec![b'a'; len]).unwrap();
+    {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        // SAFETY: a fresh shared mapping of `len` bytes of an open file, used only here and
+        // unmapped before the file is closed.
+        unsafe {
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(ptr, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+            let bytes = std::slice::from_raw_parts_mut(ptr.cast::<u8>(), len);
+            assert_eq!(&bytes[..5], b"aaaaa", "the mapping shows the file");
+            bytes[..5].copy_from_slice(b"HELLO");
+            assert_eq!(libc::msync(ptr, len, libc::MS_SYNC), 0);
+            libc::munmap(ptr, len);
+        }
+    }
+    let mut expected = vec![b'a'; len];
+    expected[..5].copy_from_slice(b"HELLO");
+    assert_content(&p, &expected);
+    m.remount();
+    assert_content(&p, &expected);
+    assert_stored(b.name(), "mapped", m.key(), &expected);
+}
