@@ -802,10 +802,29 @@ for c in "${CONTENDERS[@]}"; do
 done
 log "buckets ready ($LISTN listing objects each)"
 
+# Wait (at most 30 s) until the server has used under 5% of a core for a second: the work a
+# contender leaves behind (Garage's background table and block work after a 1 GiB upload and a
+# bucket emptied) must not be billed to the next one.
+settle() {
+	local pid ticks0 ticks1 hz i
+	pid=$(cat "$SERVER_DIR/garage.pid" 2>/dev/null) || return 0
+	hz=$(getconf CLK_TCK)
+	for ((i = 0; i < 30; i++)); do
+		ticks0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || return 0
+		sleep 1
+		ticks1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || return 0
+		((ticks1 - ticks0 <= hz / 20)) && return 0
+	done
+	log "  the server is still busy after 30 s; going on"
+}
+
 declare -A SPENT
 for ((run = 1; run <= RUNS; run++)); do
-	# contenders interleaved per run, so that background noise spreads over all of them
-	for c in "${CONTENDERS[@]}"; do
+	# Contenders interleaved per run, so that background noise spreads over all of them, and
+	# in a rotated order (run 2 starts with the second one, …), so that none always goes first.
+	order=("${CONTENDERS[@]:$(((run - 1) % ${#CONTENDERS[@]}))}" "${CONTENDERS[@]:0:$(((run - 1) % ${#CONTENDERS[@]}))}")
+	for c in "${order[@]}"; do
+		settle
 		[[ -f $DATA && -x $RAW ]] || die "the scratch dir $WORK vanished (something removed it)"
 		log "run $run/$RUNS: $c"
 		t_c=$EPOCHREALTIME

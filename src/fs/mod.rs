@@ -186,8 +186,17 @@ pub struct Fs {
     pending_drained: tokio::sync::Notify,
     failed_uploads: Mutex<HashMap<u64, FsError>>,
     write_back_slots: Arc<Semaphore>,
+    /// Closed files whose attributes (chmod, chown, utimens) changed but are not on the
+    /// server yet: written [`META_DELAY`] later, or carried by the copy of a rename made
+    /// meanwhile, or on close, fsync and unmount.
+    meta_pending: Mutex<HashSet<u64>>,
     me: std::sync::Weak<Fs>,
 }
+
+/// How long an attribute change of a closed file waits before its CopyObject. rsync sets the
+/// times of its temporary file right after closing it and renames it at once: the rename's
+/// copy then carries the times, and a file costs three requests instead of four.
+pub const META_DELAY: Duration = Duration::from_millis(100);
 
 /// Longest file name POSIX tools expect.
 pub const NAME_MAX: usize = 255;
@@ -230,6 +239,7 @@ impl Fs {
             pending_drained: tokio::sync::Notify::new(),
             failed_uploads: Mutex::default(),
             write_back_slots,
+            meta_pending: Mutex::default(),
             me: me.clone(),
             wctx: Arc::new(WriteContext {
                 store: store.clone(),
@@ -459,7 +469,12 @@ impl Fs {
             }
             if let Some(ino) = t.child(parent, name) {
                 let n = t.get(ino).expect("child exists");
-                if n.fresh_until > Instant::now() || n.open > 0 || !n.remote {
+                if n.fresh_until > Instant::now()
+                    || n.open > 0
+                    || !n.remote
+                    || self.meta_pending.lock().unwrap().contains(&ino)
+                {
+                    // (attributes not yet on the server: the server's are older)
                     return Ok(ino);
                 }
             }
@@ -879,6 +894,7 @@ impl Fs {
         if let Some(e) = earlier_failure {
             tracing::warn!(ino, error = %e, "reporting an earlier failed upload");
         }
+        self.flush_metadata(ino).await?;
         self.flush_ino(ino).await
     }
 
@@ -889,7 +905,10 @@ impl Fs {
             self.flush_ino(ino).await.map_err(|_| e)?;
         }
         match self.cfg.write_back {
-            None => self.flush_ino(ino).await,
+            None => {
+                self.flush_metadata(ino).await?;
+                self.flush_ino(ino).await
+            }
             Some(wb) => {
                 self.schedule_upload(ino, wb).await;
                 Ok(())
@@ -1230,9 +1249,63 @@ impl Fs {
             }
         }
         if meta_changed {
-            self.store_metadata(ino, &attr).await?;
+            if attr.kind != Kind::Dir && node.remote {
+                self.defer_metadata(ino).await?;
+            } else {
+                self.store_metadata(ino, &attr).await?;
+            }
         }
         Ok(attr)
+    }
+
+    /// Write the attributes of closed file `ino` [`META_DELAY`] from now (see `meta_pending`).
+    async fn defer_metadata(&self, ino: u64) -> FsResult<()> {
+        if !self.meta_pending.lock().unwrap().insert(ino) {
+            return Ok(()); // already scheduled; it will write the latest attributes
+        }
+        let Some(me) = self.me.upgrade() else {
+            return self.flush_metadata(ino).await;
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(META_DELAY).await;
+            if let Err(e) = me.flush_metadata(ino).await {
+                let path = me.file_key(ino).unwrap_or_else(|_| format!("inode {ino}"));
+                tracing::error!(ino, path = %path, error = %e, "could not store changed attributes; retried on the next close, fsync or unmount");
+            }
+        });
+        Ok(())
+    }
+
+    /// Store `ino`'s pending attribute change now, if it still has one. A file being written
+    /// takes it into the upload its close makes; a removed file drops it. On failure it stays
+    /// pending.
+    async fn flush_metadata(&self, ino: u64) -> FsResult<()> {
+        if !self.meta_pending.lock().unwrap().contains(&ino) {
+            return Ok(()); // the common case, without waiting for a rename in progress
+        }
+        let _ns = self.namespace.read().await;
+        if !self.meta_pending.lock().unwrap().remove(&ino) {
+            return Ok(());
+        }
+        let Ok(node) = self.node(ino) else {
+            return Ok(());
+        };
+        if !node.remote || !self.table.lock().unwrap().is_linked(ino) {
+            return Ok(());
+        }
+        let file = self.files.lock().unwrap().get(&ino).cloned();
+        if let Some(file) = file {
+            let mut f = file.lock().await;
+            if f.is_dirty() {
+                f.mark_meta_changed();
+                return Ok(());
+            }
+        }
+        let result = self.store_metadata(ino, &node.attr).await;
+        if result.is_err() {
+            self.meta_pending.lock().unwrap().insert(ino);
+        }
+        result
     }
 
     /// The object of a file changed server-side (metadata copy, rename) while its in-memory
@@ -1403,6 +1476,7 @@ impl Fs {
         if let Some(file) = file {
             file.lock().await.discard(&self.wctx).await;
         }
+        self.meta_pending.lock().unwrap().remove(&ino);
         self.forget_head(&key);
         self.wctx.cache.invalidate(&key);
         self.table.lock().unwrap().detach(ino);
@@ -1563,6 +1637,8 @@ impl Fs {
                 self.cfg.upload.part_size,
             )
             .await?;
+            // the copy carried the current attributes, pending ones included
+            self.meta_pending.lock().unwrap().remove(&ino);
             self.store.delete(&src_key).await?;
             self.wctx.cache.invalidate(&src_key);
             self.wctx.cache.invalidate(&dst_key);
@@ -1696,6 +1772,17 @@ impl Fs {
     /// Upload every changed file (unmount, SIGTERM), write-back ones included, many at once.
     /// Returns how many failed.
     pub async fn flush_all(&self) -> usize {
+        let metas: Vec<u64> = self.meta_pending.lock().unwrap().iter().copied().collect();
+        let mut failed_meta = 0;
+        for ino in metas {
+            if let Err(e) = self.flush_metadata(ino).await {
+                let path = self
+                    .file_key(ino)
+                    .unwrap_or_else(|_| format!("inode {ino}"));
+                tracing::error!(ino, path = %path, error = %e, "could not store changed attributes at unmount; they are lost");
+                failed_meta += 1;
+            }
+        }
         let inos: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
         let results = futures::stream::iter(inos.into_iter().map(|ino| async move {
             let r = self.flush_ino(ino).await;
@@ -1711,7 +1798,7 @@ impl Fs {
         .buffer_unordered(16)
         .collect::<Vec<bool>>()
         .await;
-        results.into_iter().filter(|&failed| failed).count()
+        failed_meta + results.into_iter().filter(|&failed| failed).count()
     }
 }
 
