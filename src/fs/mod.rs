@@ -434,6 +434,17 @@ impl Fs {
             .cloned()
     }
 
+    /// What a fresh listing of `parent` says of `name` (`Some(None)`: not there), without
+    /// copying the listing: `ls -l` of a 10,000-entry directory looks up every name, and
+    /// cloning the listing for each made it quadratic (12 s of CPU).
+    fn fresh_listing_entry(&self, parent: u64, name: &str) -> Option<Option<Entry>> {
+        let t = self.table.lock().unwrap();
+        t.listings
+            .get(&parent)
+            .filter(|l| l.taken.elapsed() < self.cfg.dir_ttl)
+            .map(|l| l.entries.get(name).cloned())
+    }
+
     fn listing_update(&self, parent: u64, name: &str, entry: Option<Entry>) {
         let mut t = self.table.lock().unwrap();
         if let Some(l) = t.listings.get_mut(&parent) {
@@ -480,9 +491,7 @@ impl Fs {
             }
         }
         let key = self.child_key(parent, name)?;
-        let listed = self
-            .fresh_listing(parent)
-            .map(|l| l.entries.get(name).cloned());
+        let listed = self.fresh_listing_entry(parent, name);
         let node = match listed {
             Some(None) => return Err(FsError::NotFound),
             Some(Some(e)) if e.kind == Kind::Dir => self.dir_node(&format!("{key}/")).await?,
