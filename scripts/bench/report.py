@@ -315,7 +315,9 @@ METHOD = """\
     parts, 8 in flight; sequential read as ranged GETs of 8 MiB, 8 in flight; random reads as
     4 KiB ranged GETs, one at a time; small files as one PutObject each, one at a time (as rsync
     sends them); the no-op sync as one listing compared by size; `ls` as ListObjectsV2 with
-    delimiter; `cp` as one GetObject per file, one at a time. Its memory column is the client.
+    delimiter; `cp` as one GetObject per file, one at a time. Its uploads have ssecfs's request
+    shape: a CRC32C on every PutObject and UploadPart and no SigV4 payload hash
+    (UNSIGNED-PAYLOAD). Its memory column is the client.
   - *ssecfs*: `ssecfs mount --endpoint … --allow-http --key-file KEY BUCKET MNT`, defaults
     otherwise (256 MiB locked cache, 8 MiB parts, 8 uploads in flight);
     `--write-back` too when `ssecfs mount --help` lists it.
@@ -331,8 +333,9 @@ METHOD = """\
     in cache mode writes an upload starts 5 s after the file's last close
     (`--vfs-write-back 5s`), and that wait is in its write and rsync times. (With 0 s, rsync's
     renames race the uploads of its temporary files and the rsync fails.)
-- **Workloads** (contenders interleaved within each run; each workload on a fresh mount, so
-  reads are cold and the daemon's peak RSS is that workload's):
+- **Workloads** (contenders interleaved within each run, in an order rotated from run to run,
+  each one started once the server has been idle (under 5% of a core) for a second; each
+  workload on a fresh mount, so reads are cold and the daemon's peak RSS is that workload's):
   1. `dd if=/dev/shm/random of=MNT/f bs=1M`, timed until a keyed HEAD shows the whole size;
   2. `dd if=MNT/f of=/dev/null bs=1M` (then the first, middle and last MiB are compared with
      the source, untimed);
