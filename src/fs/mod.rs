@@ -555,7 +555,9 @@ impl Fs {
 
     /// Drop `n` kernel references.
     pub fn forget(&self, ino: u64, n: u64) {
-        let busy = self.files.lock().unwrap().contains_key(&ino);
+        // a node with changes not yet on the server stays until they are
+        let busy = self.files.lock().unwrap().contains_key(&ino)
+            || self.meta_pending.lock().unwrap().contains(&ino);
         if !busy {
             self.table.lock().unwrap().forget(ino, n);
         } else if let Some(node) = self.table.lock().unwrap().get_mut(ino) {
@@ -1313,6 +1315,9 @@ impl Fs {
         let result = self.store_metadata(ino, &node.attr).await;
         if result.is_err() {
             self.meta_pending.lock().unwrap().insert(ino);
+        } else if !self.files.lock().unwrap().contains_key(&ino) {
+            // the kernel may have forgotten the inode meanwhile (see `forget`)
+            self.table.lock().unwrap().forget(ino, 0);
         }
         result
     }

@@ -242,6 +242,11 @@ async fn chmod_on_clean_file_is_one_copy_after_a_short_delay_or_at_fsync() {
     assert_eq!(fs_on(&mem).lookup(ROOT, "f").await.unwrap().1.perm, 0o600);
     tokio::time::sleep(META_DELAY * 2).await;
     assert_eq!(mem.counts()["copy"], copies + 3, "nothing left to write");
+    // the kernel forgetting the inode meanwhile does not lose the change
+    fs.setattr(ino, chmod(0o611)).await.unwrap();
+    fs.forget(ino, 1);
+    tokio::time::sleep(META_DELAY * 2).await;
+    assert_eq!(fs_on(&mem).lookup(ROOT, "f").await.unwrap().1.perm, 0o611);
 }
 
 #[tokio::test]
