@@ -854,3 +854,18 @@ fn mmap_and_exec_of_files_on_the_mount() {
     assert_content(&p, &expected);
     assert_stored(b.name(), "mapped", m.key(), &expected);
 }
+
+/// As root the mount raises its kernel read-ahead from 128 KiB to 4 MiB, so sequential
+/// readers send 1 MiB READs (see `fuse::KERNEL_READAHEAD_KB`).
+#[test]
+fn kernel_read_ahead_is_raised_for_the_mount() {
+    let b = TestBucket::new();
+    let m = Mount::new(&b, &[]);
+    let dev = fs::metadata(m.root()).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let ra = fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb")).unwrap();
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(ra.trim(), ssecfs::fuse::KERNEL_READAHEAD_KB.to_string());
+    }
+}

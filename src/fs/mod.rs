@@ -426,23 +426,24 @@ impl Fs {
         Ok(n)
     }
 
-    fn fresh_listing(&self, parent: u64) -> Option<Listing> {
+    /// `f` of the listing of `parent`, if one was taken within `--attr-ttl`.
+    fn with_fresh_listing<T>(&self, parent: u64, f: impl FnOnce(&Listing) -> T) -> Option<T> {
         let t = self.table.lock().unwrap();
         t.listings
             .get(&parent)
             .filter(|l| l.taken.elapsed() < self.cfg.dir_ttl)
-            .cloned()
+            .map(f)
+    }
+
+    fn fresh_listing(&self, parent: u64) -> Option<Listing> {
+        self.with_fresh_listing(parent, Listing::clone)
     }
 
     /// What a fresh listing of `parent` says of `name` (`Some(None)`: not there), without
     /// copying the listing: `ls -l` of a 10,000-entry directory looks up every name, and
     /// cloning the listing for each made it quadratic (12 s of CPU).
     fn fresh_listing_entry(&self, parent: u64, name: &str) -> Option<Option<Entry>> {
-        let t = self.table.lock().unwrap();
-        t.listings
-            .get(&parent)
-            .filter(|l| l.taken.elapsed() < self.cfg.dir_ttl)
-            .map(|l| l.entries.get(name).cloned())
+        self.with_fresh_listing(parent, |l| l.entries.get(name).cloned())
     }
 
     fn listing_update(&self, parent: u64, name: &str, entry: Option<Entry>) {
@@ -1269,6 +1270,12 @@ impl Fs {
         Ok(attr)
     }
 
+    /// `ino`'s object key for a log line, or "inode N" when it has none any more.
+    fn describe(&self, ino: u64) -> String {
+        self.file_key(ino)
+            .unwrap_or_else(|_| format!("inode {ino}"))
+    }
+
     /// Write the attributes of closed file `ino` [`META_DELAY`] from now (see `meta_pending`).
     async fn defer_metadata(&self, ino: u64) -> FsResult<()> {
         if !self.meta_pending.lock().unwrap().insert(ino) {
@@ -1280,7 +1287,7 @@ impl Fs {
         tokio::spawn(async move {
             tokio::time::sleep(META_DELAY).await;
             if let Err(e) = me.flush_metadata(ino).await {
-                let path = me.file_key(ino).unwrap_or_else(|_| format!("inode {ino}"));
+                let path = me.describe(ino);
                 tracing::error!(ino, path = %path, error = %e, "could not store changed attributes; retried on the next close, fsync or unmount");
             }
         });
@@ -1790,9 +1797,7 @@ impl Fs {
         let mut failed_meta = 0;
         for ino in metas {
             if let Err(e) = self.flush_metadata(ino).await {
-                let path = self
-                    .file_key(ino)
-                    .unwrap_or_else(|_| format!("inode {ino}"));
+                let path = self.describe(ino);
                 tracing::error!(ino, path = %path, error = %e, "could not store changed attributes at unmount; they are lost");
                 failed_meta += 1;
             }
@@ -1802,7 +1807,7 @@ impl Fs {
             let r = self.flush_ino(ino).await;
             if let Err(e) = &r {
                 // name what is lost: the user has no other way to learn it
-                let path = self.file_key(ino).unwrap_or_else(|_| format!("inode {ino}"));
+                let path = self.describe(ino);
                 tracing::error!(ino, path = %path, error = %e, "could not upload a file at unmount; its unsaved changes are lost");
             } else {
                 self.failed_uploads.lock().unwrap().remove(&ino);
