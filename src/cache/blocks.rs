@@ -269,6 +269,13 @@ impl BlockCache {
         } else {
             (to / run_len * run_len).max(from)
         };
+        let start = |cells: Vec<(u64, Cell)>| {
+            if !cells.is_empty() {
+                let me = self.clone();
+                let obj = obj.clone();
+                tokio::spawn(async move { me.fetch_run(&obj, block_size, cells).await });
+            }
+        };
         let mut run: Vec<(u64, Cell)> = Vec::new();
         for i in from..to {
             let id = BlockId {
@@ -277,23 +284,17 @@ impl BlockCache {
                 block_size,
                 index: i,
             };
-            let known = self.lru.lock().unwrap().map.contains_key(&id);
-            if !known {
-                let (cell, victims) = self.cell(&id);
-                self.spill_victims(victims);
-                run.push((i, cell));
+            if self.lru.lock().unwrap().map.contains_key(&id) {
+                // a gap (a block already cached or coming) ends the run
+                start(std::mem::take(&mut run));
+                continue;
             }
-            // a run ends at a gap (a block already cached or coming), an aligned boundary,
-            // or the window's end
-            let next_known = i + 1 < to && {
-                let next = BlockId { index: i + 1, ..id };
-                self.lru.lock().unwrap().map.contains_key(&next)
-            };
-            if !run.is_empty() && (known || next_known || (i + 1) % run_len == 0 || i + 1 == to) {
-                let me = self.clone();
-                let obj = obj.clone();
-                let cells = std::mem::take(&mut run);
-                tokio::spawn(async move { me.fetch_run(&obj, block_size, cells).await });
+            let (cell, victims) = self.cell(&id);
+            self.spill_victims(victims);
+            run.push((i, cell));
+            // so do an aligned boundary and the window's end
+            if (i + 1) % run_len == 0 || i + 1 == to {
+                start(std::mem::take(&mut run));
             }
         }
     }
