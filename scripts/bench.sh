@@ -527,6 +527,7 @@ raw_run() { # run
 	local P=r$r
 	mark_logs
 	# 1 write
+	settle
 	if rawcmd put-file "$b" "$P/f" "$DATA" && parse_result "$OUT"; then
 		record $c write "$r" ok "$R_seconds" "$FILE_BYTES" "$R_rss" 0
 	else
@@ -534,6 +535,7 @@ raw_run() { # run
 	fi
 	# 2 read, cold then warm (the API has no cache: the same GETs again)
 	local w
+	settle
 	for w in read read-warm; do
 		if rawcmd get-file "$b" "$P/f" && parse_result "$OUT"; then
 			record $c $w "$r" ok "$R_seconds" "$R_bytes" "$R_rss" 0
@@ -605,6 +607,7 @@ fuse_run() { # contender run
 	local f_ok=0 tree_ok=0
 
 	# 1 sequential write: dd, then wait until the server has the whole object
+	settle
 	if mount_for "$c" write "$r"; then
 		if ! mkdir -p "$CUR_MNT/$P" 2>"$WORK/err"; then
 			fail "$c" write "$r" "$(reason "$WORK/err" mkdir)"
@@ -642,6 +645,7 @@ fuse_run() { # contender run
 
 	if ((f_ok)) || [[ -n $note ]]; then
 		# 2 cold sequential read
+		settle
 		if mount_for "$c" read "$r"; then
 			t0=$EPOCHREALTIME
 			if ! timeout -k 5 "$STEP_T" dd if="$CUR_MNT/$P/f" of=/dev/null bs=1M status=none 2>"$WORK/err"; then
@@ -803,8 +807,10 @@ done
 log "buckets ready ($LISTN listing objects each)"
 
 # Wait (at most 30 s) until the server has used under 5% of a core for a second: the work a
-# contender leaves behind (Garage's background table and block work after a 1 GiB upload and a
-# bucket emptied) must not be billed to the next one.
+# contender or a workload leaves behind (Garage's background table and block work after a 1 GiB
+# upload and a bucket emptied) must not be billed to the next one. Called before each
+# contender and before each 1 GiB write and cold read, where that work weighs most (the
+# server's CPU is most of what these two workloads cost on 2 cores).
 settle() {
 	local pid ticks0 ticks1 hz i
 	pid=$(cat "$SERVER_DIR/garage.pid" 2>/dev/null) || return 0

@@ -334,7 +334,8 @@ METHOD = """\
     (`--vfs-write-back 5s`), and that wait is in its write and rsync times. (With 0 s, rsync's
     renames race the uploads of its temporary files and the rsync fails.)
 - **Workloads** (contenders interleaved within each run, in an order rotated from run to run,
-  each one started once the server has been idle (under 5% of a core) for a second; each
+  each contender, and each 1 GiB write and cold read, started once the server has been idle
+  (under 5% of a core) for a second; each
   workload on a fresh mount, so reads are cold and the daemon's peak RSS is that workload's):
   1. `dd if=/dev/shm/random of=MNT/f bs=1M`, timed until a keyed HEAD shows the whole size;
   2. `dd if=MNT/f of=/dev/null bs=1M` (then the first, middle and last MiB are compared with
