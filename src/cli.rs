@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -112,6 +113,11 @@ pub struct MountArgs {
     /// Seconds to trust attributes and listings fetched from the server.
     #[arg(long, default_value_t = 30)]
     pub attr_ttl: u64,
+    /// At mount, abort the multipart uploads under the mount's prefix started this long ago or
+    /// more (e.g. 7d, 12h, 30m, 90s): parts a crashed daemon left behind, which hold storage
+    /// but show in no listing. `off` keeps them.
+    #[arg(long, default_value = "7d", value_name = "AGE")]
+    pub abort_uploads_after: String,
     /// Opt-in write-back: close() returns at once and the upload starts 100 ms later (so
     /// rsync's utimens/rename fold into one upload). Crash window: data closed in the last
     /// moments, at most --write-back-max bytes. fsync, unmount and SIGTERM wait for it all.
@@ -224,6 +230,29 @@ pub enum CliError {
     UnexpectedValue(String),
     #[error("bad size `{0}`: use a number with an optional K, M, G or T suffix (e.g. 256M)")]
     BadSize(String),
+    #[error("bad age `{0}`: use a number with an s, m, h or d suffix (e.g. 7d), or `off`")]
+    BadAge(String),
+}
+
+/// Parse an age like `7d`, `12h`, `30m`, `90s` (plain numbers are seconds); `off` is `None`.
+pub fn parse_age(s: &str) -> Result<Option<Duration>, CliError> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "off" {
+        return Ok(None);
+    }
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, 'd')) => (&t[..i], 86_400),
+        Some((i, 'h')) => (&t[..i], 3_600),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 's')) => (&t[..i], 1),
+        _ => (t.as_str(), 1u64),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .map(|secs| Some(Duration::from_secs(secs)))
+        .ok_or_else(|| CliError::BadAge(s.to_owned()))
 }
 
 /// Parse a size like `256M`, `1G`, `1048576`, `64KiB`.
@@ -370,6 +399,29 @@ mod tests {
                 Ok(*m)
             }
             _ => Err("not mount".into()),
+        }
+    }
+
+    #[test]
+    fn ages_with_units_and_off() {
+        let secs = |s: &str| parse_age(s).unwrap().map(|d| d.as_secs());
+        assert_eq!(secs("7d"), Some(7 * 86_400));
+        assert_eq!(secs("12H"), Some(12 * 3_600));
+        assert_eq!(secs("30m"), Some(1_800));
+        assert_eq!(secs(" 90s "), Some(90));
+        assert_eq!(secs("0s"), Some(0));
+        assert_eq!(secs("45"), Some(45));
+        assert_eq!(secs("off"), None);
+        for bad in [
+            "",
+            "d",
+            "7w",
+            "-1d",
+            "1.5h",
+            "99999999999999999999d",
+            "7 days",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad:?} was accepted");
         }
     }
 

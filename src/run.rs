@@ -305,11 +305,34 @@ fn check(args: CheckArgs) -> ExitCode {
             return Err(format!("the key opens none of the {wrong} objects sampled"));
         }
         println!("ok   the key opens {ok} of {} objects sampled", ok + wrong);
+        match store.list_multipart(&format_prefix(&prefix)).await {
+            Ok(ups) if ups.is_empty() => println!("ok   no incomplete multipart uploads"),
+            Ok(ups) => {
+                let now = std::time::SystemTime::now();
+                let oldest = ups.iter().filter_map(|u| now.duration_since(u.initiated).ok()).max();
+                println!(
+                    "note {} incomplete multipart upload(s) hold storage (oldest begun {} ago); \
+                     a mount aborts those older than --abort-uploads-after (default 7d)",
+                    ups.len(),
+                    approx_age(oldest.unwrap_or_default())
+                );
+            }
+            Err(e) => println!("note cannot list incomplete multipart uploads: {e}"),
+        }
         Ok(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// `3 d`, `5 h`, `12 min`: how long ago, roughly, for a person.
+fn approx_age(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 86_400 => format!("{} d", s / 86_400),
+        s if s >= 3_600 => format!("{} h", s / 3_600),
+        s => format!("{} min", s / 60),
     }
 }
 
@@ -395,6 +418,8 @@ struct Prepared {
     write_back_max: Option<u64>,
     /// `--spill-dir` and the bound in bytes.
     spill: Option<(PathBuf, u64)>,
+    /// `--abort-uploads-after`; `None` for `off` (and for read-only mounts).
+    abort_uploads_after: Option<Duration>,
 }
 
 fn prepare(m: &MountArgs) -> Result<Prepared, String> {
@@ -496,7 +521,11 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
             Some((dir, size))
         }
     };
+    let abort_uploads_after = cli::parse_age(&m.abort_uploads_after)
+        .map_err(|e| format!("--abort-uploads-after: {e}"))?
+        .filter(|_| !m.read_only);
     Ok(Prepared {
+        abort_uploads_after,
         spill,
         bucket,
         prefix,
@@ -599,6 +628,21 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
         preflight(&store, &format_prefix(&prep.prefix), &endpoint, m.force).await?;
         Ok::<_, String>(store)
     })?;
+    if let Some(age) = prep.abort_uploads_after {
+        // In the background: the mount need not wait for a listing of uploads.
+        let store = store.clone();
+        let prefix = format_prefix(&prep.prefix);
+        rt.spawn(async move {
+            let now = std::time::SystemTime::now();
+            match crate::s3::abort_stale_uploads(store.as_ref(), &prefix, age, now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(aborted = n, "incomplete multipart uploads cleaned up"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not clean up incomplete multipart uploads")
+                }
+            }
+        });
+    }
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut cfg = FsConfig::new(&prep.prefix, m.uid.unwrap_or(uid), m.gid.unwrap_or(gid));

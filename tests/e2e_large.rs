@@ -111,3 +111,97 @@ fn rsync_inplace_of_a_changed_large_file() {
     assert_eq!(sha256_hex(&got), sha256_hex(&changed));
     assert_stored(bucket.name(), "f", m.key(), &changed);
 }
+
+/// Keys of the bucket's incomplete multipart uploads.
+fn pending_uploads(bucket: &str) -> Vec<String> {
+    let out = rt()
+        .block_on(client().list_multipart_uploads().bucket(bucket).send())
+        .expect("ListMultipartUploads");
+    let mut keys: Vec<String> = out
+        .uploads()
+        .iter()
+        .filter_map(|u| u.key().map(str::to_owned))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn a_mount_aborts_stale_incomplete_uploads_under_its_prefix_only() {
+    let bucket = TestBucket::new();
+    let key = Key::random();
+    // what a crashed daemon leaves: an SSE-C multipart upload with a part, never completed;
+    // one inside the mount's prefix, one outside it
+    for object in ["inside/crashed.bin", "outside/other.bin"] {
+        rt().block_on(async {
+            let up = client()
+                .create_multipart_upload()
+                .bucket(bucket.name())
+                .key(object)
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(key.base64())
+                .sse_customer_key_md5(key.md5_base64())
+                .send()
+                .await
+                .expect("CreateMultipartUpload");
+            client()
+                .upload_part()
+                .bucket(bucket.name())
+                .key(object)
+                .upload_id(up.upload_id().unwrap())
+                .part_number(1)
+                .body(vec![7u8; 1 << 20].into())
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(key.base64())
+                .sse_customer_key_md5(key.md5_base64())
+                .send()
+                .await
+                .expect("UploadPart");
+        });
+    }
+    let both = ["inside/crashed.bin", "outside/other.bin"];
+    assert_eq!(pending_uploads(bucket.name()), both);
+
+    // `check` tells of them
+    let dir = tempdir("abort-uploads");
+    let key_file = dir.path().join("key");
+    key.write_file(&key_file);
+    let check = output_of(
+        Command::new(SSECFS)
+            .args([
+                "check",
+                "--endpoint",
+                &endpoint(),
+                "--allow-http",
+                "--key-file",
+            ])
+            .arg(&key_file)
+            .arg(bucket.name()),
+        Duration::from_secs(60),
+    );
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "check failed: {said}");
+    assert!(
+        said.contains("2 incomplete multipart upload(s)"),
+        "check did not tell of the uploads: {said}"
+    );
+
+    // the default age (7 days): nothing this young is touched
+    let source = format!("{}:inside", bucket.name());
+    let mut m = Mount::with_source(&source, &key, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pending_uploads(bucket.name()), both);
+    m.unmount();
+
+    // older than the age given: the upload under the prefix goes, the other stays
+    let mut m = Mount::with_source(&source, &key, &["-o", "abort_uploads_after=1s"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pending_uploads(bucket.name()).len() > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(pending_uploads(bucket.name()), ["outside/other.bin"]);
+    // and the mount works as ever
+    fs::write(m.path("after.txt"), b"still fine").unwrap();
+    assert_eq!(fs::read(m.path("after.txt")).unwrap(), b"still fine");
+    m.unmount();
+}

@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use super::{
     crc32c_base64, CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore,
-    S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    PendingUpload, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 use crate::key::{CustomerKey, KeyRing};
 
@@ -750,6 +750,46 @@ impl ObjectStore for AwsStore {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn list_multipart(&self, prefix: &str) -> S3Result<Vec<PendingUpload>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(map_err)?;
+            for u in page.uploads() {
+                if let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) {
+                    out.push(PendingUpload {
+                        key: key.to_owned(),
+                        upload_id: upload_id.to_owned(),
+                        // no date: as if just started, so it is never taken for stale
+                        initiated: u
+                            .initiated()
+                            .and_then(|d| SystemTime::try_from(*d).ok())
+                            .unwrap_or_else(SystemTime::now),
+                    });
+                }
+            }
+            let next = (
+                page.next_key_marker().map(str::to_owned),
+                page.next_upload_id_marker().map(str::to_owned),
+            );
+            // (a server that does not move on would otherwise be asked forever)
+            let stuck = (next.0 == key_marker && next.1 == id_marker) || next == (None, None);
+            if page.is_truncated() != Some(true) || stuck {
+                return Ok(out);
+            }
+            (key_marker, id_marker) = next;
+        }
     }
 }
 

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, S3Error, S3Result,
-    Sealing, KEY_FINGERPRINT_META,
+    CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, PendingUpload,
+    S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 
 #[derive(Clone)]
@@ -26,8 +26,13 @@ struct Obj {
     modified: SystemTime,
 }
 
-/// An open multipart upload: destination key, metadata, parts by number.
-type Upload = (String, Metadata, BTreeMap<i32, Vec<u8>>);
+/// An open multipart upload.
+struct Upload {
+    key: String,
+    meta: Metadata,
+    parts: BTreeMap<i32, Vec<u8>>,
+    initiated: SystemTime,
+}
 
 #[derive(Default)]
 struct State {
@@ -286,8 +291,15 @@ impl ObjectStore for MemStore {
         Self::count(&mut st, "create_multipart");
         st.next += 1;
         let id = format!("upload{}", st.next);
-        st.uploads
-            .insert(id.clone(), (key.to_owned(), meta.clone(), BTreeMap::new()));
+        st.uploads.insert(
+            id.clone(),
+            Upload {
+                key: key.to_owned(),
+                meta: meta.clone(),
+                parts: BTreeMap::new(),
+                initiated: SystemTime::now(),
+            },
+        );
         Ok(id)
     }
 
@@ -302,7 +314,7 @@ impl ObjectStore for MemStore {
         Self::count(&mut st, "upload_part");
         *st.counts.entry("bytes_up").or_default() += body.len() as u64;
         let up = st.uploads.get_mut(upload_id).ok_or(S3Error::NotFound)?;
-        up.2.insert(number, body.to_vec());
+        up.parts.insert(number, body.to_vec());
         Ok(CompletedPart {
             number,
             etag: format!("\"p{number}\""),
@@ -333,7 +345,7 @@ impl ObjectStore for MemStore {
             })?
             .to_vec();
         let up = st.uploads.get_mut(upload_id).ok_or(S3Error::NotFound)?;
-        up.2.insert(number, data);
+        up.parts.insert(number, data);
         Ok(CompletedPart {
             number,
             etag: format!("\"c{number}\""),
@@ -349,7 +361,12 @@ impl ObjectStore for MemStore {
     ) -> S3Result<String> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "complete_multipart");
-        let (key, meta, stored) = st.uploads.remove(upload_id).ok_or(S3Error::NotFound)?;
+        let Upload {
+            key,
+            meta,
+            parts: stored,
+            ..
+        } = st.uploads.remove(upload_id).ok_or(S3Error::NotFound)?;
         let mut data = Vec::new();
         for (i, p) in parts.iter().enumerate() {
             let part = stored.get(&p.number).ok_or(S3Error::Other {
@@ -374,6 +391,21 @@ impl ObjectStore for MemStore {
         Self::count(&mut st, "abort_multipart");
         st.uploads.remove(upload_id);
         Ok(())
+    }
+
+    async fn list_multipart(&self, prefix: &str) -> S3Result<Vec<PendingUpload>> {
+        let mut st = self.state.lock().unwrap();
+        Self::count(&mut st, "list_multipart");
+        Ok(st
+            .uploads
+            .iter()
+            .filter(|(_, u)| u.key.starts_with(prefix))
+            .map(|(id, u)| PendingUpload {
+                key: u.key.clone(),
+                upload_id: id.clone(),
+                initiated: u.initiated,
+            })
+            .collect())
     }
 }
 

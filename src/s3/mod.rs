@@ -85,6 +85,16 @@ pub struct CompletedPart {
     pub crc32c: Option<String>,
 }
 
+/// A multipart upload the server still holds: started, never completed nor aborted. Its parts
+/// take storage (billed on AWS) yet show in no listing; a daemon that crashed mid-upload leaves
+/// one behind.
+#[derive(Debug, Clone)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: SystemTime,
+}
+
 /// Errors of the object layer, kept apart so the filesystem can map each to its errno.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum S3Error {
@@ -215,6 +225,32 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> S3Result<String>;
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> S3Result<()>;
+
+    /// ListMultipartUploads under `prefix`, every page (no key needed).
+    async fn list_multipart(&self, prefix: &str) -> S3Result<Vec<PendingUpload>>;
+}
+
+/// Abort the multipart uploads under `prefix` started at least `age` before `now`: what a
+/// crashed daemon (or a killed upload tool) left behind. An upload still running elsewhere is
+/// younger than any sensible `age`. Returns how many were aborted; the first failure ends it.
+pub async fn abort_stale_uploads(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    age: std::time::Duration,
+    now: SystemTime,
+) -> S3Result<usize> {
+    let mut aborted = 0;
+    for u in store.list_multipart(prefix).await? {
+        let stale = now
+            .duration_since(u.initiated)
+            .is_ok_and(|since| since >= age);
+        if stale {
+            store.abort_multipart(&u.key, &u.upload_id).await?;
+            tracing::info!(object = %u.key, "aborted an incomplete multipart upload left behind");
+            aborted += 1;
+        }
+    }
+    Ok(aborted)
 }
 
 /// CRC32C of `data`, base64 of its big-endian bytes: the `x-amz-checksum-crc32c` value. Since
@@ -274,5 +310,42 @@ pub async fn copy_any_size(
             let _ = store.abort_multipart(dst, &upload_id).await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn stale_uploads_under_the_prefix_are_aborted_and_no_others() {
+        let store = mem::MemStore::new("fp");
+        let meta = Metadata::new();
+        store.create_multipart("mnt/a", &meta).await.unwrap();
+        store.create_multipart("other/b", &meta).await.unwrap();
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        // younger than the age: kept
+        assert_eq!(
+            abort_stale_uploads(&store, "mnt/", day, now).await.unwrap(),
+            0
+        );
+        // a week later the one under the prefix goes; the other is not ours
+        let later = now + 7 * day;
+        assert_eq!(
+            abort_stale_uploads(&store, "mnt/", day, later)
+                .await
+                .unwrap(),
+            1
+        );
+        let left: Vec<String> = store
+            .list_multipart("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.key)
+            .collect();
+        assert_eq!(left, ["other/b"]);
     }
 }
