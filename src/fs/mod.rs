@@ -190,7 +190,32 @@ pub struct Fs {
     /// server yet: written [`META_DELAY`] later, or carried by the copy of a rename made
     /// meanwhile, or on close, fsync and unmount.
     meta_pending: Mutex<HashSet<u64>>,
+    /// Attribute stores under way (see [`MetaStore`]): `flush_all` waits for them, else the
+    /// runtime's shutdown after it could cancel one that had already left `meta_pending`.
+    meta_in_flight: Mutex<usize>,
+    meta_settled: tokio::sync::Notify,
     me: std::sync::Weak<Fs>,
+}
+
+/// One attribute store under way, counted in `Fs::meta_in_flight` from before its inode
+/// leaves `meta_pending` until it has finished (or failed and gone back).
+struct MetaStore<'a>(&'a Fs);
+
+impl<'a> MetaStore<'a> {
+    fn start(fs: &'a Fs) -> MetaStore<'a> {
+        *fs.meta_in_flight.lock().unwrap() += 1;
+        MetaStore(fs)
+    }
+}
+
+impl Drop for MetaStore<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.meta_in_flight.lock().unwrap();
+        *n -= 1;
+        if *n == 0 {
+            self.0.meta_settled.notify_waiters();
+        }
+    }
 }
 
 /// How long an attribute change of a closed file waits before its CopyObject. rsync sets the
@@ -240,6 +265,8 @@ impl Fs {
             failed_uploads: Mutex::default(),
             write_back_slots,
             meta_pending: Mutex::default(),
+            meta_in_flight: Mutex::new(0),
+            meta_settled: tokio::sync::Notify::new(),
             me: me.clone(),
             wctx: Arc::new(WriteContext {
                 store: store.clone(),
@@ -1294,6 +1321,17 @@ impl Fs {
         Ok(())
     }
 
+    /// Until no attribute store is under way.
+    async fn meta_stores_settled(&self) {
+        loop {
+            let settled = self.meta_settled.notified();
+            if *self.meta_in_flight.lock().unwrap() == 0 {
+                return;
+            }
+            settled.await;
+        }
+    }
+
     /// Store `ino`'s pending attribute change now, if it still has one. A file being written
     /// takes it into the upload its close makes; a removed file drops it. On failure it stays
     /// pending.
@@ -1302,6 +1340,7 @@ impl Fs {
             return Ok(()); // the common case, without waiting for a rename in progress
         }
         let _ns = self.namespace.read().await;
+        let _counted = MetaStore::start(self);
         if !self.meta_pending.lock().unwrap().remove(&ino) {
             return Ok(());
         }
@@ -1793,6 +1832,9 @@ impl Fs {
     /// Upload every changed file (unmount, SIGTERM), write-back ones included, many at once.
     /// Returns how many failed.
     pub async fn flush_all(&self) -> usize {
+        // A delayed store that took its inode out of `meta_pending` before this looked must
+        // finish too (before and after: it may take the inode while this goes through them).
+        self.meta_stores_settled().await;
         let metas: Vec<u64> = self.meta_pending.lock().unwrap().iter().copied().collect();
         let mut failed_meta = 0;
         for ino in metas {
@@ -1802,6 +1844,7 @@ impl Fs {
                 failed_meta += 1;
             }
         }
+        self.meta_stores_settled().await;
         let inos: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
         let results = futures::stream::iter(inos.into_iter().map(|ino| async move {
             let r = self.flush_ino(ino).await;
