@@ -852,17 +852,9 @@ impl Fs {
                     return Err(e.into());
                 }
                 // The object changed on the server: refresh and read the new version.
-                self.forget_head(&obj.key);
-                let info = self.store.head(&obj.key).await?;
-                obj.etag = info.etag.clone();
-                obj.size = info.size;
-                {
-                    let mut t = self.table.lock().unwrap();
-                    if let Some(n) = t.get_mut(ino) {
-                        n.etag = info.etag;
-                        n.attr.size = info.size;
-                    }
-                }
+                let now = self.refresh_object(ino, &obj.key).await?;
+                obj.etag = now.etag;
+                obj.size = now.size;
                 self.read_object(&obj, offset, size, block).await
             }
             other => other,
@@ -912,7 +904,31 @@ impl Fs {
         }
         let target = self.target(ino)?;
         let mut f = file.lock().await;
-        f.write(&self.wctx, &target, offset, data).await?;
+        let was_clean = !f.is_dirty();
+        if let Err(e) = f.write(&self.wctx, &target, offset, data).await {
+            let replaced = matches!(
+                e,
+                FsError::S3(S3Error::PreconditionFailed | S3Error::NotFound)
+            );
+            if !(was_clean && replaced) {
+                return Err(e);
+            }
+            // Nothing was changed here yet, and the object this state was built on has been
+            // replaced (by another client, or by a copy of this mount that started before
+            // this file had any in-memory state): build on what the file is now.
+            drop(f);
+            let now = {
+                let _ns = self.namespace.read().await;
+                let key = self.file_key(ino)?;
+                self.refresh_object(ino, &key).await?
+            };
+            f = file.lock().await;
+            if !f.is_dirty() {
+                *f = DirtyFile::new(Some(now), &self.cfg.upload);
+            }
+            let target = self.target(ino)?;
+            f.write(&self.wctx, &target, offset, data).await?;
+        }
         let size = f.size();
         drop(f);
         if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
@@ -1350,14 +1366,6 @@ impl Fs {
         if !node.remote || !self.table.lock().unwrap().is_linked(ino) {
             return Ok(());
         }
-        let file = self.files.lock().unwrap().get(&ino).cloned();
-        if let Some(file) = file {
-            let mut f = file.lock().await;
-            if f.is_dirty() {
-                f.mark_meta_changed();
-                return Ok(());
-            }
-        }
         let result = self.store_metadata(ino, &node.attr).await;
         if result.is_err() {
             self.meta_pending.lock().unwrap().insert(ino);
@@ -1368,16 +1376,41 @@ impl Fs {
         result
     }
 
-    /// The object of a file changed server-side (metadata copy, rename) while its in-memory
-    /// state is clean: base that state on the new object so later writes fetch the right one.
-    async fn rebase_clean(&self, ino: u64, obj: ObjectRef) {
-        let file = self.files.lock().unwrap().get(&ino).cloned();
-        if let Some(file) = file {
-            let mut f = file.lock().await;
+    /// `ino`'s in-memory state, locked, when it has one. This mount holds it while it replaces
+    /// the file's object server-side (attribute copy, rename): a write arriving meanwhile
+    /// waits, then builds on the new object instead of fetching the replaced one (whose ETag
+    /// no longer matches: the write would fail with ESTALE).
+    async fn lock_file(&self, ino: u64) -> Option<tokio::sync::OwnedMutexGuard<DirtyFile>> {
+        let file = self.files.lock().unwrap().get(&ino).cloned()?;
+        Some(file.lock_owned().await)
+    }
+
+    /// The file's object was replaced server-side by this mount (attribute copy, rename)
+    /// while its in-memory state, held, is clean: base that state on the new object.
+    fn rebase_clean(&self, held: Option<&mut DirtyFile>, obj: ObjectRef) {
+        if let Some(f) = held {
             if !f.is_dirty() {
                 *f = DirtyFile::new(Some(obj), &self.cfg.upload);
             }
         }
+    }
+
+    /// What `ino`'s object `key` is on the server now (after a precondition failure): its
+    /// ETag and size, recorded in the inode too.
+    async fn refresh_object(&self, ino: u64, key: &str) -> FsResult<ObjectRef> {
+        self.forget_head(key);
+        let info = self.store.head(key).await?;
+        if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
+            n.etag = info.etag.clone();
+            n.attr.size = info.size;
+            n.sealing = info.sealing;
+        }
+        Ok(ObjectRef {
+            key: key.to_owned(),
+            etag: info.etag,
+            size: info.size,
+            sealing: info.sealing,
+        })
     }
 
     /// Persist metadata of an unchanged node: CopyObject onto itself (files, symlinks) or a
@@ -1402,6 +1435,12 @@ impl Fs {
                 if !node.remote {
                     return Ok(());
                 }
+                let mut held = self.lock_file(ino).await;
+                if let Some(f) = held.as_deref_mut().filter(|f| f.is_dirty()) {
+                    // being written: the upload its close makes carries the attributes
+                    f.mark_meta_changed();
+                    return Ok(());
+                }
                 let key = self.file_key(ino)?;
                 let etag = crate::s3::copy_any_size(
                     self.store.as_ref(),
@@ -1417,15 +1456,14 @@ impl Fs {
                 self.forget_head(&key);
                 self.wctx.cache.invalidate(&key);
                 self.rebase_clean(
-                    ino,
+                    held.as_deref_mut(),
                     ObjectRef {
                         key: key.clone(),
                         etag: etag.clone(),
                         size: attr.size,
                         sealing: Sealing::PRIMARY,
                     },
-                )
-                .await;
+                );
                 if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
                     n.etag = etag;
                     n.sealing = Sealing::PRIMARY;
@@ -1674,16 +1712,20 @@ impl Fs {
         let src_key = self.file_key(ino)?;
         let dst_key = self.child_key(new_parent, new_name)?;
         // A file being written whose object exists (or whose upload already started) is
-        // made whole first, so the copy carries its current content.
-        let file = self.files.lock().unwrap().get(&ino).cloned();
-        if let Some(file) = &file {
-            let f = file.lock().await;
-            let must_flush = f.is_streaming() || (f.is_dirty() && self.node(ino)?.remote);
-            drop(f);
-            if must_flush {
-                self.flush_ino(ino).await?;
+        // made whole first, so the copy carries its current content; its state stays held
+        // until the copy is its base (see `lock_file`).
+        let mut held = loop {
+            let remote = self.node(ino)?.remote;
+            let held = self.lock_file(ino).await;
+            if !held
+                .as_deref()
+                .is_some_and(|f| f.is_streaming() || (f.is_dirty() && remote))
+            {
+                break held;
             }
-        }
+            drop(held);
+            self.flush_ino(ino).await?;
+        };
         let node = self.node(ino)?;
         if node.remote {
             let etag = crate::s3::copy_any_size(
@@ -1704,20 +1746,20 @@ impl Fs {
             self.wctx.cache.invalidate(&dst_key);
             // The file's base object moved with it.
             self.rebase_clean(
-                ino,
+                held.as_deref_mut(),
                 ObjectRef {
                     key: dst_key.clone(),
                     etag: etag.clone(),
                     size: node.attr.size,
                     sealing: Sealing::PRIMARY,
                 },
-            )
-            .await;
+            );
             if let Some(n) = self.table.lock().unwrap().get_mut(ino) {
                 n.etag = etag;
                 n.sealing = Sealing::PRIMARY;
             }
         }
+        drop(held);
         if let Some(d) = dst {
             if self.node(d)?.attr.kind == Kind::Dir {
                 let _ = self.store.delete(&format!("{dst_key}/")).await;
@@ -1737,19 +1779,30 @@ impl Fs {
         new_name: &str,
         dst: Option<u64>,
     ) -> FsResult<()> {
-        // Everything written below the directory goes to the server first.
-        let below: Vec<u64> = {
-            let t = self.table.lock().unwrap();
-            let files = self.files.lock().unwrap();
-            files
-                .keys()
-                .copied()
-                .filter(|f| t.is_within(*f, ino))
-                .collect()
+        // Everything written below the directory goes to the server first, and the state of
+        // each file in memory below stays held until the copies are its bases (see `lock_file`).
+        let mut held = loop {
+            let mut below: Vec<u64> = {
+                let t = self.table.lock().unwrap();
+                let files = self.files.lock().unwrap();
+                files
+                    .keys()
+                    .copied()
+                    .filter(|f| t.is_within(*f, ino))
+                    .collect()
+            };
+            below.sort_unstable();
+            for &f in &below {
+                self.flush_ino(f).await?;
+            }
+            let mut held = Vec::new();
+            for f in below {
+                held.extend(self.lock_file(f).await);
+            }
+            if held.iter().all(|f| !f.is_dirty() && !f.is_streaming()) {
+                break held;
+            }
         };
-        for f in below {
-            self.flush_ino(f).await?;
-        }
         let src = self.dir_prefix(ino)?;
         let dst_prefix = format!("{}/", self.child_key(new_parent, new_name)?);
         let mut objects = Vec::new();
@@ -1770,46 +1823,58 @@ impl Fs {
                 .await?;
         }
         // Copy all, then delete all.
-        let results: Vec<FsResult<()>> = futures::future::join_all(objects.iter().map(|o| {
-            let to = format!("{dst_prefix}{}", &o.key[src.len()..]);
-            async move {
-                if o.size > crate::s3::MAX_COPY_OBJECT {
-                    let info = self.store.head(&o.key).await?;
-                    crate::s3::copy_any_size(
-                        self.store.as_ref(),
-                        &o.key,
-                        &to,
-                        o.size,
-                        &info.metadata,
-                        true,
-                        info.sealing,
-                        self.cfg.upload.part_size,
-                    )
-                    .await?;
-                } else {
-                    // Most objects are under the primary key; the others need HEAD to
-                    // find theirs (and their metadata, re-tagged with the new key).
-                    match self.store.copy(&o.key, &to, None, Sealing::PRIMARY).await {
-                        Err(S3Error::WrongKey) => {
-                            let info = self.store.head(&o.key).await?;
-                            self.store
-                                .copy(&o.key, &to, Some(&info.metadata), info.sealing)
-                                .await?;
+        let results: Vec<FsResult<(String, ObjectRef)>> =
+            futures::future::join_all(objects.iter().map(|o| {
+                let to = format!("{dst_prefix}{}", &o.key[src.len()..]);
+                async move {
+                    let etag = if o.size > crate::s3::MAX_COPY_OBJECT {
+                        let info = self.store.head(&o.key).await?;
+                        crate::s3::copy_any_size(
+                            self.store.as_ref(),
+                            &o.key,
+                            &to,
+                            o.size,
+                            &info.metadata,
+                            true,
+                            info.sealing,
+                            self.cfg.upload.part_size,
+                        )
+                        .await?
+                    } else {
+                        // Most objects are under the primary key; the others need HEAD to
+                        // find theirs (and their metadata, re-tagged with the new key).
+                        match self.store.copy(&o.key, &to, None, Sealing::PRIMARY).await {
+                            Err(S3Error::WrongKey) => {
+                                let info = self.store.head(&o.key).await?;
+                                self.store
+                                    .copy(&o.key, &to, Some(&info.metadata), info.sealing)
+                                    .await?
+                            }
+                            other => other?,
                         }
-                        other => {
-                            other?;
-                        }
-                    }
+                    };
+                    let copy = ObjectRef {
+                        key: to,
+                        etag,
+                        size: o.size,
+                        sealing: Sealing::PRIMARY,
+                    };
+                    Ok((o.key.clone(), copy))
                 }
-                Ok(())
-            }
-        }))
-        .await;
-        results.into_iter().collect::<FsResult<Vec<()>>>()?;
+            }))
+            .await;
+        let copies: HashMap<String, ObjectRef> = results.into_iter().collect::<FsResult<_>>()?;
         for o in &objects {
             self.store.delete(&o.key).await?;
             self.wctx.cache.invalidate(&o.key);
         }
+        for f in &mut held {
+            let copy = f.base().and_then(|b| copies.get(&b.key)).cloned();
+            if let Some(copy) = copy {
+                self.rebase_clean(Some(&mut **f), copy);
+            }
+        }
+        drop(held);
         if let Some(d) = dst {
             let mut t = self.table.lock().unwrap();
             t.listings.remove(&d);

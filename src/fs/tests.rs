@@ -414,3 +414,94 @@ async fn a_partial_write_into_a_multipart_file_reports_the_stored_mtime() {
         "the mount shows one mtime, the server keeps another"
     );
 }
+
+/// The CI failure of `chmod_and_touch_of_a_file_being_written`: a file open for writing is
+/// clean (a flush from another process's close uploaded it), a chmod is stored by a
+/// CopyObject, and a write arrives while that copy's reply is on its way. The write must
+/// build on the copy, not fetch the replaced object (ESTALE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_racing_the_attribute_copy_of_its_open_file_builds_on_the_copy() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let ino = write_file(&fs, ROOT, "old", b"base\n").await;
+    let fh = fs.open(ino, true, false).await.unwrap();
+    fs.write(ino, 5, b"x").await.unwrap();
+    fs.fsync(ino).await.unwrap();
+    fs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    mem.delay_copy_replies(Duration::from_millis(200));
+    let store = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.fsync(ino).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fs.write(ino, 6, b"y")
+        .await
+        .expect("a write while the attribute copy is answered");
+    store.await.unwrap().unwrap();
+    mem.delay_copy_replies(Duration::ZERO);
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    let fresh = fs_on(&mem);
+    let (ino, attr) = fresh.lookup(ROOT, "old").await.unwrap();
+    assert_eq!(attr.perm, 0o600);
+    assert_eq!(read_all(&fresh, ino).await, b"base\nxy");
+}
+
+/// A file open for writing whose object was replaced behind this mount's back before it
+/// changed anything (here: an attribute copy by another client, so the ETag moved): its
+/// first write builds on the object as it is now instead of failing.
+#[tokio::test]
+async fn a_clean_open_file_whose_object_changed_elsewhere_takes_the_new_base() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let ino = write_file(&fs, ROOT, "f", b"abc").await;
+    let fh = fs.open(ino, true, false).await.unwrap();
+    fs.write(ino, 3, b"d").await.unwrap();
+    fs.fsync(ino).await.unwrap();
+    let meta = mem.head("f").await.unwrap().metadata;
+    mem.copy("f", "f", Some(&meta), Sealing::PRIMARY)
+        .await
+        .unwrap();
+    fs.write(ino, 4, b"e").await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    let fresh = fs_on(&mem);
+    let (ino, _) = fresh.lookup(ROOT, "f").await.unwrap();
+    assert_eq!(read_all(&fresh, ino).await, b"abcde");
+}
+
+/// A directory renamed while a file below it is open, clean after a flush: later writes
+/// through that descriptor build on the moved object, not on the deleted one.
+#[tokio::test]
+async fn a_file_open_below_a_renamed_directory_keeps_writing() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let (dir, _) = fs.mkdir(ROOT, "d", 0o755, 1000, 1000).await.unwrap();
+    let ino = write_file(&fs, dir, "f", b"one").await;
+    let fh = fs.open(ino, true, false).await.unwrap();
+    fs.write(ino, 3, b" two").await.unwrap();
+    fs.fsync(ino).await.unwrap();
+    let copies = mem.counts().get("copy").copied().unwrap_or(0);
+    fs.rename(ROOT, "d", ROOT, "e", false).await.unwrap();
+    let heads = mem.counts().get("head").copied().unwrap_or(0);
+    fs.write(ino, 7, b" three").await.unwrap();
+    assert_eq!(
+        mem.counts().get("head").copied().unwrap_or(0),
+        heads,
+        "the held state was rebased: no refresh needed"
+    );
+    fs.release(ino, fh).await.unwrap();
+    assert!(mem.counts()["copy"] > copies);
+    let fresh = fs_on(&mem);
+    let (e, _) = fresh.lookup(ROOT, "e").await.unwrap();
+    let (f, _) = fresh.lookup(e, "f").await.unwrap();
+    assert_eq!(read_all(&fresh, f).await, b"one two three");
+    assert!(mem.raw("d/f").is_none());
+}

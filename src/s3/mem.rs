@@ -40,6 +40,8 @@ struct State {
     uploads: HashMap<String, Upload>,
     next: u64,
     counts: BTreeMap<&'static str, u64>,
+    /// How long a copy's reply takes after the copy took effect (see `delay_copy_replies`).
+    copy_reply_delay: std::time::Duration,
 }
 
 /// Shared in-memory bucket. Clone to get another client on the same data.
@@ -70,6 +72,13 @@ impl MemStore {
             state: self.state.clone(),
             ring: fps.iter().map(|f| f.to_string()).collect(),
         }
+    }
+
+    /// Make every CopyObject answer `delay` after it took effect, as a real server's reply
+    /// travels while the new object is already served: opens the window in which a request
+    /// racing the copy meets the new object before the copier knows its ETag.
+    pub fn delay_copy_replies(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().copy_reply_delay = delay;
     }
 
     /// Fingerprint of the key an object is sealed with (None: plain or missing).
@@ -219,12 +228,18 @@ impl ObjectStore for MemStore {
         meta: Option<&Metadata>,
         src_sealing: Sealing,
     ) -> S3Result<String> {
-        let mut st = self.state.lock().unwrap();
-        Self::count(&mut st, "copy");
-        let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
-        self.check_key(&o, src_sealing)?;
-        let meta = meta.cloned().unwrap_or(o.meta);
-        Ok(self.store(&mut st, dst, o.data, meta))
+        let (etag, delay) = {
+            let mut st = self.state.lock().unwrap();
+            Self::count(&mut st, "copy");
+            let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
+            self.check_key(&o, src_sealing)?;
+            let meta = meta.cloned().unwrap_or(o.meta);
+            (self.store(&mut st, dst, o.data, meta), st.copy_reply_delay)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(etag)
     }
 
     async fn delete(&self, key: &str) -> S3Result<()> {
