@@ -774,11 +774,15 @@ impl Fs {
         if let Some(file) = file {
             let mut out = self.wctx.arena.alloc(size as usize).await?;
             let target = self.target(ino)?;
-            let n = file
-                .lock()
-                .await
-                .read(&self.wctx, &target, offset, &mut out)
-                .await?;
+            let mut f = file.clone().lock_owned().await;
+            let was_clean = !f.is_dirty();
+            let n = match f.read(&self.wctx, &target, offset, &mut out).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let mut f = self.rebuilt_after(ino, &file, f, was_clean, e).await?;
+                    f.read(&self.wctx, &target, offset, &mut out).await?
+                }
+            };
             out.set_len(n);
             return Ok(ReadData::Owned(out));
         }
@@ -903,29 +907,10 @@ impl Fs {
             n.attr.mtime = SystemTime::now();
         }
         let target = self.target(ino)?;
-        let mut f = file.lock().await;
+        let mut f = file.clone().lock_owned().await;
         let was_clean = !f.is_dirty();
         if let Err(e) = f.write(&self.wctx, &target, offset, data).await {
-            let replaced = matches!(
-                e,
-                FsError::S3(S3Error::PreconditionFailed | S3Error::NotFound)
-            );
-            if !(was_clean && replaced) {
-                return Err(e);
-            }
-            // Nothing was changed here yet, and the object this state was built on has been
-            // replaced (by another client, or by a copy of this mount that started before
-            // this file had any in-memory state): build on what the file is now.
-            drop(f);
-            let now = {
-                let _ns = self.namespace.read().await;
-                let key = self.file_key(ino)?;
-                self.refresh_object(ino, &key).await?
-            };
-            f = file.lock().await;
-            if !f.is_dirty() {
-                *f = DirtyFile::new(Some(now), &self.cfg.upload);
-            }
+            f = self.rebuilt_after(ino, &file, f, was_clean, e).await?;
             let target = self.target(ino)?;
             f.write(&self.wctx, &target, offset, data).await?;
         }
@@ -1393,6 +1378,42 @@ impl Fs {
                 *f = DirtyFile::new(Some(obj), &self.cfg.upload);
             }
         }
+    }
+
+    /// After `e` from `ino`'s in-memory state `f` (held, and clean before the failed call
+    /// when `was_clean`): when nothing was changed there yet and the object it was built on
+    /// has been replaced (by another client, or by a copy of this mount begun before the
+    /// state existed), rebuild it on the file's object as it is now and hand it back to try
+    /// again; otherwise `e`. A file replaced or removed while open stays ESTALE.
+    async fn rebuilt_after(
+        &self,
+        ino: u64,
+        file: &Arc<tokio::sync::Mutex<DirtyFile>>,
+        f: tokio::sync::OwnedMutexGuard<DirtyFile>,
+        was_clean: bool,
+        e: FsError,
+    ) -> FsResult<tokio::sync::OwnedMutexGuard<DirtyFile>> {
+        let replaced = matches!(
+            e,
+            FsError::S3(S3Error::PreconditionFailed | S3Error::NotFound)
+        );
+        if !(was_clean && replaced) {
+            return Err(e);
+        }
+        drop(f); // a rename or unlink holding the namespace may be waiting for it
+        let now = {
+            let _ns = self.namespace.read().await;
+            if !self.table.lock().unwrap().is_linked(ino) {
+                return Err(S3Error::PreconditionFailed.into());
+            }
+            let key = self.file_key(ino)?;
+            self.refresh_object(ino, &key).await?
+        };
+        let mut f = file.clone().lock_owned().await;
+        if !f.is_dirty() {
+            *f = DirtyFile::new(Some(now), &self.cfg.upload);
+        }
+        Ok(f)
     }
 
     /// What `ino`'s object `key` is on the server now (after a precondition failure): its

@@ -455,9 +455,9 @@ async fn a_write_racing_the_attribute_copy_of_its_open_file_builds_on_the_copy()
     assert_eq!(read_all(&fresh, ino).await, b"base\nxy");
 }
 
-/// A file open for writing whose object was replaced behind this mount's back before it
-/// changed anything (here: an attribute copy by another client, so the ETag moved): its
-/// first write builds on the object as it is now instead of failing.
+/// A file open for writing whose object was replaced behind this mount's back while it had
+/// nothing unsaved (here: attribute copies by another client, so the ETag moved): reads and
+/// the next write use the object as it is now instead of failing.
 #[tokio::test]
 async fn a_clean_open_file_whose_object_changed_elsewhere_takes_the_new_base() {
     let mem = MemStore::new("k");
@@ -467,6 +467,11 @@ async fn a_clean_open_file_whose_object_changed_elsewhere_takes_the_new_base() {
     fs.write(ino, 3, b"d").await.unwrap();
     fs.fsync(ino).await.unwrap();
     let meta = mem.head("f").await.unwrap().metadata;
+    mem.copy("f", "f", Some(&meta), Sealing::PRIMARY)
+        .await
+        .unwrap();
+    let got = fs.read(ino, fh, 0, 100).await.unwrap();
+    assert_eq!(&got[..], b"abcd");
     mem.copy("f", "f", Some(&meta), Sealing::PRIMARY)
         .await
         .unwrap();
