@@ -455,14 +455,14 @@ fn writes_racing_attribute_copies_of_the_open_file() {
     });
     let mut expected = b"start\n".to_vec();
     let mut mode = 0o644;
-    for i in 0..60u32 {
+    for i in 0..300u32 {
         let line = format!("line {i}\n");
         w.write_all(line.as_bytes())
             .unwrap_or_else(|e| panic!("write {i} to the open file: {e}"));
         expected.extend_from_slice(line.as_bytes());
         mode = if i % 2 == 0 { 0o600 } else { 0o640 };
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(7 * (i as u64 % 20)));
+        std::thread::sleep(std::time::Duration::from_millis(i as u64 % 4));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flusher.join().unwrap();
