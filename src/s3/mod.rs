@@ -206,7 +206,10 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
     ) -> S3Result<CompletedPart>;
 
-    /// UploadPartCopy of `src[start..end)` with both key trios.
+    /// UploadPartCopy of `src[start..end)` with both key trios; with `src_etag`, only from
+    /// that version of `src` (else `PreconditionFailed`): an edit of a big file copies its
+    /// unchanged parts from the version it was based on, never from one another client wrote.
+    #[allow(clippy::too_many_arguments)]
     async fn upload_part_copy(
         &self,
         key: &str,
@@ -215,6 +218,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         src: &str,
         range: std::ops::Range<u64>,
         src_sealing: Sealing,
+        src_etag: Option<&str>,
     ) -> S3Result<CompletedPart>;
 
     async fn complete_multipart(
@@ -295,7 +299,7 @@ pub async fn copy_any_size(
             let end = (start + part).min(size);
             parts.push(
                 store
-                    .upload_part_copy(dst, &upload_id, number, src, start..end, src_sealing)
+                    .upload_part_copy(dst, &upload_id, number, src, start..end, src_sealing, None)
                     .await?,
             );
             start = end;

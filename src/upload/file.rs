@@ -668,6 +668,7 @@ impl DirtyFile {
                                     &base.key,
                                     s..e,
                                     base.sealing,
+                                    (!base.etag.is_empty()).then_some(base.etag.as_str()),
                                 )
                                 .await?
                         }
