@@ -35,6 +35,23 @@ async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
     ino
 }
 
+/// `name` written with `body`, then open for writing with `more` appended and fsynced: its
+/// in-memory state is clean and based on the object that fsync uploaded (what a flush from
+/// another process's close leaves behind). Returns the inode and handle.
+async fn open_clean_after_append(
+    fs: &Fs,
+    parent: u64,
+    name: &str,
+    body: &[u8],
+    more: &[u8],
+) -> (u64, u64) {
+    let ino = write_file(fs, parent, name, body).await;
+    let fh = fs.open(ino, true, false).await.unwrap();
+    fs.write(ino, body.len() as u64, more).await.unwrap();
+    fs.fsync(ino).await.unwrap();
+    (ino, fh)
+}
+
 async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
     let fh = fs.open(ino, false, false).await.unwrap();
     let size = fs.getattr(ino).await.unwrap().size;
@@ -423,10 +440,7 @@ async fn a_partial_write_into_a_multipart_file_reports_the_stored_mtime() {
 async fn a_write_racing_the_attribute_copy_of_its_open_file_builds_on_the_copy() {
     let mem = MemStore::new("k");
     let fs = fs_on(&mem);
-    let ino = write_file(&fs, ROOT, "old", b"base\n").await;
-    let fh = fs.open(ino, true, false).await.unwrap();
-    fs.write(ino, 5, b"x").await.unwrap();
-    fs.fsync(ino).await.unwrap();
+    let (ino, fh) = open_clean_after_append(&fs, ROOT, "old", b"base\n", b"x").await;
     fs.setattr(
         ino,
         SetAttr {
@@ -462,10 +476,7 @@ async fn a_write_racing_the_attribute_copy_of_its_open_file_builds_on_the_copy()
 async fn a_clean_open_file_whose_object_changed_elsewhere_takes_the_new_base() {
     let mem = MemStore::new("k");
     let fs = fs_on(&mem);
-    let ino = write_file(&fs, ROOT, "f", b"abc").await;
-    let fh = fs.open(ino, true, false).await.unwrap();
-    fs.write(ino, 3, b"d").await.unwrap();
-    fs.fsync(ino).await.unwrap();
+    let (ino, fh) = open_clean_after_append(&fs, ROOT, "f", b"abc", b"d").await;
     let meta = mem.head("f").await.unwrap().metadata;
     mem.copy("f", "f", Some(&meta), Sealing::PRIMARY)
         .await
@@ -489,10 +500,7 @@ async fn a_file_open_below_a_renamed_directory_keeps_writing() {
     let mem = MemStore::new("k");
     let fs = fs_on(&mem);
     let (dir, _) = fs.mkdir(ROOT, "d", 0o755, 1000, 1000).await.unwrap();
-    let ino = write_file(&fs, dir, "f", b"one").await;
-    let fh = fs.open(ino, true, false).await.unwrap();
-    fs.write(ino, 3, b" two").await.unwrap();
-    fs.fsync(ino).await.unwrap();
+    let (ino, fh) = open_clean_after_append(&fs, dir, "f", b"one", b" two").await;
     let copies = mem.counts().get("copy").copied().unwrap_or(0);
     fs.rename(ROOT, "d", ROOT, "e", false).await.unwrap();
     let heads = mem.counts().get("head").copied().unwrap_or(0);
