@@ -518,28 +518,3 @@ async fn a_file_open_below_a_renamed_directory_keeps_writing() {
     assert_eq!(read_all(&fresh, f).await, b"one two three");
     assert!(mem.raw("d/f").is_none());
 }
-
-/// A one-byte edit of a big file copies its other parts server-side from the version it was
-/// based on. When another client replaced the object meanwhile, the close fails (ESTALE)
-/// rather than store a mix of both versions.
-#[tokio::test]
-async fn an_edit_never_copies_parts_of_a_version_another_client_wrote() {
-    let mem = MemStore::new("k");
-    let fs = fs_on(&mem);
-    let ours: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let ino = write_file(&fs, ROOT, "big", &ours).await;
-    let fh = fs.open(ino, true, false).await.unwrap();
-    fs.write(ino, 0, b"X").await.unwrap();
-    let theirs = vec![9u8; 12 << 20];
-    mem.put(
-        "big",
-        Bytes::from(theirs.clone()),
-        &crate::s3::Metadata::new(),
-    )
-    .await
-    .unwrap();
-    let err = fs.flush(ino).await.unwrap_err();
-    assert_eq!(err.errno(), libc::ESTALE);
-    assert_eq!(mem.raw("big").unwrap(), theirs, "their version, whole");
-    let _ = fs.release(ino, fh).await;
-}

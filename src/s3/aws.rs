@@ -660,7 +660,6 @@ impl ObjectStore for AwsStore {
         src: &str,
         range: std::ops::Range<u64>,
         src_sealing: Sealing,
-        src_etag: Option<&str>,
     ) -> S3Result<CompletedPart> {
         let mut req = with_key!(
             self.client
@@ -675,9 +674,6 @@ impl ObjectStore for AwsStore {
         );
         if let Some(k) = self.key_of(src_sealing)? {
             req = with_source_key!(req, k);
-        }
-        if let Some(etag) = src_etag {
-            req = req.copy_source_if_match(etag);
         }
         let out = req.send().await.map_err(map_err)?;
         let result = out.copy_part_result();
@@ -1158,15 +1154,7 @@ mod tests {
 
         let (s, rx) = store();
         let _ = s
-            .upload_part_copy(
-                "a",
-                "u",
-                1,
-                "src key",
-                0..10,
-                Sealing::PRIMARY,
-                Some("\"e1\""),
-            )
+            .upload_part_copy("a", "u", 1, "src key", 0..10, Sealing::PRIMARY)
             .await;
         let req = rx.expect_request();
         assert_trio(&req, &k, true);
@@ -1174,10 +1162,6 @@ mod tests {
         assert_eq!(
             req.headers().get("x-amz-copy-source-range"),
             Some("bytes=0-9")
-        );
-        assert_eq!(
-            req.headers().get("x-amz-copy-source-if-match"),
-            Some("\"e1\"")
         );
 
         let (s, rx) = store();
@@ -1245,7 +1229,7 @@ mod tests {
         assert!(rx.expect_request().headers().get(KEY).is_none());
         let (s, rx) = ring_store(ring());
         let _ = s
-            .upload_part_copy("a", "u", 1, "src", 0..4, Sealing::Plain, None)
+            .upload_part_copy("a", "u", 1, "src", 0..4, Sealing::Plain)
             .await;
         let req = rx.expect_request();
         assert!(req.headers().get(SRC_KEY).is_none());

@@ -206,10 +206,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
     ) -> S3Result<CompletedPart>;
 
-    /// UploadPartCopy of `src[start..end)` with both key trios; with `src_etag`, only from
-    /// that version of `src` (else `PreconditionFailed`): an edit of a big file copies its
-    /// unchanged parts from the version it was based on, never from one another client wrote.
-    #[allow(clippy::too_many_arguments)]
+    /// UploadPartCopy of `src[start..end)` with both key trios.
     async fn upload_part_copy(
         &self,
         key: &str,
@@ -218,7 +215,6 @@ pub trait ObjectStore: Send + Sync + 'static {
         src: &str,
         range: std::ops::Range<u64>,
         src_sealing: Sealing,
-        src_etag: Option<&str>,
     ) -> S3Result<CompletedPart>;
 
     async fn complete_multipart(
@@ -299,7 +295,7 @@ pub async fn copy_any_size(
             let end = (start + part).min(size);
             parts.push(
                 store
-                    .upload_part_copy(dst, &upload_id, number, src, start..end, src_sealing, None)
+                    .upload_part_copy(dst, &upload_id, number, src, start..end, src_sealing)
                     .await?,
             );
             start = end;

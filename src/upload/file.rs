@@ -668,7 +668,6 @@ impl DirtyFile {
                                     &base.key,
                                     s..e,
                                     base.sealing,
-                                    (!base.etag.is_empty()).then_some(base.etag.as_str()),
                                 )
                                 .await?
                         }
