@@ -8,8 +8,14 @@
 # If S3_ENDPOINT is unset, starts a fresh server with scripts/test-server.sh and stops it on exit;
 # if it is set (e.g. `eval "$(scripts/test-server.sh)"` already done, or .ci/run), uses that one.
 # TEST_THREADS (default 4) sets --test-threads unless given explicitly after `--`.
+# Installs what is missing first (scripts/setup.sh: apt packages, Rust, Garage). Builds into
+# $CARGO_TARGET_DIR (default ~/.cache/ssecfs-target, shared with the other scripts). Every test
+# binary runs even when one fails (--no-fail-fast); the output is also kept in
+# $CARGO_TARGET_DIR/test-logs/, and the last line says which binaries and tests failed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ssecfs-target}
+export PATH=$HOME/.cargo/bin:$PATH
 
 cargo_args=()
 test_args=()
@@ -28,7 +34,15 @@ for a in ${test_args[@]+"${test_args[@]}"}; do
 	[[ $a == --test-threads* ]] && threads_given=1
 done
 [[ $threads_given == 1 ]] || test_args=(--test-threads="${TEST_THREADS:-4}" ${test_args[@]+"${test_args[@]}"})
+fail_fast_given=0
+for a in ${cargo_args[@]+"${cargo_args[@]}"}; do
+	[[ $a == --no-fail-fast ]] && fail_fast_given=1
+done
+[[ $fail_fast_given == 1 ]] || cargo_args=(--no-fail-fast ${cargo_args[@]+"${cargo_args[@]}"})
 
+scripts/setup.sh
+
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
 	local rc=$?
 	local dir=${SSECFS_TEST_DIR:-${XDG_RUNTIME_DIR:-/tmp}/ssecfs-garage}
@@ -54,5 +68,74 @@ else
 	echo "test.sh: using the S3 server at $S3_ENDPOINT (bucket ${S3_BUCKET:-?})" >&2
 fi
 
+# One line from cargo test's output (the log): the binaries (labelled as cargo test selects them:
+# --lib, --bin X, --test X, --doc) that failed, with their failing tests, or what passed.
+summarize() { # cargo-exit-status log-path
+	awk -v rc="$1" -v log_path="$2" '
+	function close_bin() {
+		if (cur != "" && !result[cur]) { failed[cur] = 1; crashed[cur] = 1 }
+	}
+	function add_fail(name) {
+		if (cur == "" || seen[cur, name]++) return
+		names[cur] = names[cur] (nfail[cur]++ < 5 ? (nfail[cur] > 1 ? ", " : "") name : "")
+	}
+	/^ +Running / {
+		close_bin()
+		# "Running unittests src/lib.rs (DIR/deps/NAME-HASH)" or "Running tests/NAME.rs (...)"
+		src = ($2 == "unittests") ? $3 : $2
+		exe = $NF; gsub(/[()]/, "", exe); sub(/.*\//, "", exe); sub(/-[0-9a-f]+$/, "", exe)
+		stem = src; sub(/.*\//, "", stem); sub(/\.rs$/, "", stem)
+		if (src ~ /^tests\//) { if (stem == "main") { stem = src; sub(/^tests\//, "", stem); sub(/\/main\.rs$/, "", stem) } ; cur = "--test " stem }
+		else if (src ~ /(^|\/)lib\.rs$/) cur = "--lib"
+		else if (src ~ /(^|\/)main\.rs$/) cur = "--bin " exe
+		else if (src ~ /(^|\/)bin\//) cur = "--bin " stem
+		else cur = src
+		order[++nbin] = cur; next
+	}
+	/^ +Doc-tests / { close_bin(); cur = "--doc"; order[++nbin] = cur; next }
+	/^test result: / {
+		result[cur] = 1
+		if ($3 != "ok.") failed[cur] = 1
+		for (i = 4; i <= NF; i++) {
+			v = $(i - 1) + 0; w = $i; sub(/[;,]$/, "", w)
+			if (w == "passed") passed += v; else if (w == "ignored") ignored += v
+			else if (w == "filtered") filtered += v
+		}
+		next
+	}
+	/^test .* \.\.\. FAILED$/ { n = $0; sub(/^test /, "", n); sub(/ \.\.\. FAILED$/, "", n); add_fail(n); next }
+	# the list at the end of a failing binary ("failures:", then the names indented by 4)
+	/^failures:$/ { inlist = 1; got = 0; next }
+	inlist && /^    [^ ]/ { n = $0; sub(/^    /, "", n); add_fail(n); got = 1; next }
+	inlist && (/^---- / || (/^$/ && got)) { inlist = 0 }
+	END {
+		close_bin()
+		nf = 0; out = ""
+		for (i = 1; i <= nbin; i++) {
+			b = order[i]
+			if (!failed[b]) continue
+			nf++
+			d = crashed[b] ? "no test result: crashed or killed" : (nfail[b] ? nfail[b] " failed: " names[b] (nfail[b] > 5 ? ", ..." : "") : "failed")
+			out = out (nf > 1 ? "; " : "") b " (" d ")"
+		}
+		counts = (passed + 0) " test" (passed == 1 ? "" : "s") " passed" (ignored ? ", " ignored " ignored" : "") (filtered ? ", " filtered " filtered out" : "")
+		bins = nbin " test " (nbin == 1 ? "binary" : "binaries")
+		if (nf) printf "test.sh: FAILED: %d of %s: %s. %s. Log: %s\n", nf, bins, out, counts, log_path
+		else if (rc != 0 && nbin == 0) printf "test.sh: FAILED: cargo test exited %d before any test binary ran (build error?). Log: %s\n", rc, log_path
+		else if (rc != 0) printf "test.sh: FAILED: cargo test exited %d, though the %s that ran passed (%s). Log: %s\n", rc, bins, counts, log_path
+		else if (nbin == 0) printf "test.sh: no test binary ran. Log: %s\n", log_path
+		else printf "test.sh: %s passed (%s). Log: %s\n", (nbin == 1 ? "the 1 test binary" : "all " bins), counts, log_path
+	}' "$2"
+}
+
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
-cargo test --release ${cargo_args[@]+"${cargo_args[@]}"} -- "${test_args[@]}"
+logdir=$CARGO_TARGET_DIR/test-logs
+mkdir -p "$logdir"
+log=$logdir/test-$(date +%Y%m%d-%H%M%S)-$$.log
+# keep the 20 newest logs (this one included)
+find "$logdir" -maxdepth 1 -name 'test-*.log' -printf '%T@ %p\n' | sort -rn | tail -n +20 | cut -d' ' -f2- |
+	while read -r old; do rm -f -- "$old"; done
+rc=0
+cargo test --release ${cargo_args[@]+"${cargo_args[@]}"} -- "${test_args[@]}" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+summarize "$rc" "$log" >&2
+exit "$rc"
