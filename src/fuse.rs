@@ -46,12 +46,38 @@ impl FuseAdapter {
     ) -> Result<T, Errno> {
         let span = tracing::debug_span!("fuse", op, ino);
         let _g = span.enter();
-        self.rt.block_on(fut).map_err(|e| {
+        let path = || self.fs.describe(ino);
+        self.rt.block_on(watched(op, fut, path)).map_err(|e| {
             if !e.is_quiet() {
                 tracing::warn!(op, ino, error = %e, "request failed");
             }
             Errno::from_i32(e.errno())
         })
+    }
+}
+
+/// A request older than this is logged, with the file and what it does, and again each time
+/// as long: no request may wait silently (memory waits are bounded, S3 requests time out).
+const SLOW_REQUEST: Duration = Duration::from_secs(30);
+
+/// `fut`, logging while it takes longer than [`SLOW_REQUEST`].
+async fn watched<T>(
+    op: &'static str,
+    fut: impl std::future::Future<Output = T>,
+    path: impl Fn() -> String,
+) -> T {
+    tokio::pin!(fut);
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(SLOW_REQUEST, &mut fut).await {
+            Ok(v) => return v,
+            Err(_) => tracing::warn!(
+                op,
+                path = %path(),
+                waited_s = started.elapsed().as_secs(),
+                "request still waiting (on S3 requests or locked memory)"
+            ),
+        }
     }
 }
 

@@ -654,6 +654,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     cfg.upload = UploadConfig {
         part_size: prep.part_size,
         part_concurrency: m.upload_concurrency.max(1),
+        ..UploadConfig::default()
     };
     cfg.read_cache = arena.cap() as u64 / 2;
     cfg.max_readahead = (arena.cap() as u64 / 8).clamp(4 << 20, 64 << 20);

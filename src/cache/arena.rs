@@ -42,6 +42,16 @@ pub enum ArenaError {
     /// A single request larger than the whole cap.
     #[error("a buffer of {size} bytes cannot fit in a cache of {cap} bytes")]
     TooLarge { size: usize, cap: usize },
+    /// No memory came free in time: everything under the cap stayed held (by files being
+    /// written, uploads and reads in flight). Bounded, so that no request waits forever.
+    #[error(
+        "no {size} bytes of locked memory came free within {waited_s} s (--cache-size {cap}          bytes is in use by files being written and reads); raise --cache-size or write fewer          files at once"
+    )]
+    Exhausted {
+        size: usize,
+        cap: usize,
+        waited_s: u64,
+    },
 }
 
 /// One mapped, locked region (no accounting: that lives in [`LockedBuf`]).
@@ -196,6 +206,11 @@ impl Arena {
         self.inner.cap
     }
 
+    /// Bytes that can be allocated right now: neither handed out nor set aside in a reserve.
+    pub fn free(&self) -> usize {
+        self.inner.permits.available_permits() * UNIT
+    }
+
     /// Bytes handed out right now.
     pub fn in_use(&self) -> usize {
         self.inner.in_use.load(std::sync::atomic::Ordering::Relaxed)
@@ -218,6 +233,49 @@ impl Arena {
             .expect("arena semaphore is never closed");
         permit.forget();
         self.finish_alloc(size, len)
+    }
+
+    /// [`Arena::alloc`] waiting at most `limit` for memory to come free.
+    pub async fn alloc_within(
+        &self,
+        len: usize,
+        limit: std::time::Duration,
+    ) -> Result<LockedBuf, ArenaError> {
+        match tokio::time::timeout(limit, self.alloc(len)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.exhausted(len, limit)),
+        }
+    }
+
+    fn exhausted(&self, len: usize, limit: std::time::Duration) -> ArenaError {
+        ArenaError::Exhausted {
+            size: round_len(len),
+            cap: self.inner.cap,
+            waited_s: limit.as_secs(),
+        }
+    }
+
+    /// Set `len` bytes aside for one writer, waiting at most `limit`. A writer takes its
+    /// reserve *before* it holds any memory, and draws on it without waiting: writers that
+    /// each held part of what they need while waiting for the rest could fill the cap
+    /// together and wait forever.
+    pub async fn reserve(
+        &self,
+        len: usize,
+        limit: std::time::Duration,
+    ) -> Result<Reserve, ArenaError> {
+        let size = round_len(len).min(self.inner.cap);
+        let acquire = self.inner.permits.acquire_many(units(size) as u32);
+        match tokio::time::timeout(limit, acquire).await {
+            Ok(permit) => {
+                permit.expect("arena semaphore is never closed").forget();
+                Ok(Reserve {
+                    arena: self.clone(),
+                    units: units(size),
+                })
+            }
+            Err(_) => Err(self.exhausted(len, limit)),
+        }
     }
 
     /// Allocate without waiting; `None` when the cap is reached right now.
@@ -261,7 +319,14 @@ impl Arena {
         })
     }
 
-    fn release(&self, mut region: Region, dirty: usize) {
+    fn release(&self, region: Region, dirty: usize) {
+        let size = region.len;
+        self.unmap_or_pool(region, dirty);
+        self.inner.permits.add_permits(units(size));
+    }
+
+    /// Wipe and pool (or unmap) a region, keeping its permits with the caller.
+    fn unmap_or_pool(&self, mut region: Region, dirty: usize) {
         region.wipe(dirty);
         let size = region.len;
         {
@@ -276,7 +341,53 @@ impl Arena {
         self.inner
             .in_use
             .fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
-        self.inner.permits.add_permits(units(size));
+    }
+}
+
+/// Locked memory set aside for one writer (see [`Arena::reserve`]); what is left goes back
+/// to the arena when it is dropped.
+pub struct Reserve {
+    arena: Arena,
+    units: usize,
+}
+
+impl Reserve {
+    /// A buffer from the reserve, without waiting; `None` when the reserve is too small.
+    pub fn take(&mut self, len: usize) -> Option<Result<LockedBuf, ArenaError>> {
+        let size = round_len(len);
+        let need = units(size);
+        if need > self.units {
+            return None;
+        }
+        self.units -= need;
+        // on failure finish_alloc gives the permits back to the arena
+        Some(self.arena.finish_alloc(size, len))
+    }
+
+    /// Free `buf` into the reserve (a chunk that grew: its old buffer).
+    pub fn recycle(&mut self, mut buf: LockedBuf) {
+        if let Some(region) = buf.region.take() {
+            let size = region.len;
+            self.arena.unmap_or_pool(region, buf.dirty);
+            self.units += units(size);
+        }
+    }
+
+    /// Bytes left to take.
+    pub fn bytes(&self) -> usize {
+        self.units * UNIT
+    }
+}
+
+impl Drop for Reserve {
+    fn drop(&mut self) {
+        self.arena.inner.permits.add_permits(self.units);
+    }
+}
+
+impl fmt::Debug for Reserve {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reserve({} bytes)", self.bytes())
     }
 }
 

@@ -31,6 +31,10 @@ pub enum FsError {
     TooBig,
     #[error(transparent)]
     S3(S3Error),
+    /// Written data was lost in memory (a part upload task died): the file fails with EIO
+    /// until it is rewritten, rather than uploading zeros or old bytes in its place.
+    #[error("{0}; the file's unsaved data is lost: rewrite it (truncate to 0)")]
+    Lost(String),
     #[error(transparent)]
     Memory(#[from] ArenaError),
     /// Written data sealed in the spill tier could not be opened (tampered, or disk error).
@@ -65,6 +69,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
             FsError::TooBig => libc::EFBIG,
+            FsError::Lost(_) => libc::EIO,
             FsError::Memory(ArenaError::TooLarge { .. }) => libc::EFBIG,
             FsError::Memory(_) => libc::ENOMEM,
             FsError::Spill(SpillError::Memory(_)) => libc::ENOMEM,

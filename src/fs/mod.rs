@@ -772,7 +772,7 @@ impl Fs {
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         let file = self.files.lock().unwrap().get(&ino).cloned();
         if let Some(file) = file {
-            let mut out = self.wctx.arena.alloc(size as usize).await?;
+            let mut out = self.alloc_read(size).await?;
             let target = self.target(ino)?;
             let mut f = file.clone().lock_owned().await;
             let was_clean = !f.is_dirty();
@@ -881,10 +881,16 @@ impl Fs {
         {
             return Ok(ReadData::Block(b, range));
         }
-        let mut out = self.wctx.arena.alloc(size as usize).await?;
+        let mut out = self.alloc_read(size).await?;
         let n = cache.read(obj, offset, &mut out, block).await?;
         out.set_len(n);
         Ok(ReadData::Owned(out))
+    }
+
+    /// A read's reply buffer: the wait for it is bounded like a writer's.
+    async fn alloc_read(&self, size: u32) -> FsResult<LockedBuf> {
+        let wait = self.cfg.upload.memory_wait;
+        Ok(self.wctx.arena.alloc_within(size as usize, wait).await?)
     }
 
     /// Write `data` at `offset`.
@@ -962,10 +968,12 @@ impl Fs {
             return;
         };
         let bytes = {
-            let f = file.lock().await;
+            let mut f = file.lock().await;
             if !f.is_dirty() {
                 return;
             }
+            // closed: what it set aside for writing is for other writers now
+            f.trim_reserve();
             f.buffered_bytes() as u64
         };
         if !self.pending.lock().unwrap().insert(ino) {
@@ -1299,7 +1307,7 @@ impl Fs {
     }
 
     /// `ino`'s object key for a log line, or "inode N" when it has none any more.
-    fn describe(&self, ino: u64) -> String {
+    pub fn describe(&self, ino: u64) -> String {
         self.file_key(ino)
             .unwrap_or_else(|_| format!("inode {ino}"))
     }
@@ -1762,7 +1770,7 @@ impl Fs {
             .await?;
             // the copy carried the current attributes, pending ones included
             self.meta_pending.lock().unwrap().remove(&ino);
-            self.store.delete(&src_key).await?;
+            self.delete_renamed(&src_key).await;
             self.wctx.cache.invalidate(&src_key);
             self.wctx.cache.invalidate(&dst_key);
             // The file's base object moved with it.
@@ -1791,6 +1799,21 @@ impl Fs {
             }
         }
         Ok(())
+    }
+
+    /// Delete a renamed object's old name once its copy exists. The copy *is* the rename:
+    /// from then on the mount serves the new name, so a delete that fails (twice) is
+    /// logged, not returned. Failing the rename would leave the mount naming an object it
+    /// may have deleted already (an answer lost), and the worst a failed delete leaves is a
+    /// second copy under the old name, never a lost file.
+    async fn delete_renamed(&self, key: &str) {
+        let mut result = self.store.delete(key).await;
+        if result.is_err() {
+            result = self.store.delete(key).await;
+        }
+        if let Err(e) = result {
+            tracing::error!(object = key, error = %e, "renamed, but the old name could not be deleted: a copy of the file stays under it");
+        }
     }
 
     async fn rename_dir(
@@ -1886,7 +1909,7 @@ impl Fs {
             .await;
         let copies: HashMap<String, ObjectRef> = results.into_iter().collect::<FsResult<_>>()?;
         for o in &objects {
-            self.store.delete(&o.key).await?;
+            self.delete_renamed(&o.key).await;
             self.wctx.cache.invalidate(&o.key);
         }
         for f in &mut held {
@@ -1950,5 +1973,7 @@ impl Fs {
     }
 }
 
+#[cfg(test)]
+mod sweep_tests;
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,10 @@ struct Upload {
 struct State {
     objects: BTreeMap<String, Obj>,
     uploads: HashMap<String, Upload>,
+    /// Completed uploads and the ETag each produced: a Complete retried after its answer was
+    /// lost finds the upload gone, and succeeds if the object is still that upload's (as
+    /// AwsStore does by the multipart ETag).
+    completed: HashMap<String, (String, String)>,
     next: u64,
     counts: BTreeMap<&'static str, u64>,
     /// How long a copy's reply takes after the copy took effect (see `delay_copy_replies`).
@@ -376,15 +380,23 @@ impl ObjectStore for MemStore {
     ) -> S3Result<String> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "complete_multipart");
-        let Upload {
-            key,
-            meta,
-            parts: stored,
-            ..
-        } = st.uploads.remove(upload_id).ok_or(S3Error::NotFound)?;
+        let Some(upload) = st.uploads.get(upload_id) else {
+            let done = st.completed.get(upload_id).cloned();
+            return match done {
+                Some((key, etag)) if st.objects.get(&key).is_some_and(|o| o.etag == etag) => {
+                    Ok(etag)
+                }
+                _ => Err(S3Error::Other {
+                    status: 404,
+                    code: "NoSuchUpload".into(),
+                    message: upload_id.into(),
+                }),
+            };
+        };
+        // checked before the upload is consumed: a refused Complete leaves it to retry
         let mut data = Vec::new();
         for (i, p) in parts.iter().enumerate() {
-            let part = stored.get(&p.number).ok_or(S3Error::Other {
+            let part = upload.parts.get(&p.number).ok_or(S3Error::Other {
                 status: 400,
                 code: "InvalidPart".into(),
                 message: format!("part {}", p.number),
@@ -398,7 +410,11 @@ impl ObjectStore for MemStore {
             }
             data.extend_from_slice(part);
         }
-        Ok(self.store(&mut st, &key, data, meta))
+        let Upload { key, meta, .. } = st.uploads.remove(upload_id).expect("looked up above");
+        let etag = self.store(&mut st, &key, data, meta);
+        st.completed
+            .insert(upload_id.to_owned(), (key.clone(), etag.clone()));
+        Ok(etag)
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> S3Result<()> {

@@ -10,6 +10,8 @@
 //! straight into caller-provided locked buffers.
 
 pub mod aws;
+#[cfg(test)]
+pub mod failing;
 pub mod mem;
 
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::cache::arena::{Arena, LockedBuf};
+use crate::cache::arena::{Arena, LockedBuf, Reserve};
 use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK};
 use crate::cache::spill::{part_aad, SealedPart, Spill};
 use crate::fs::error::{FsError, FsResult};
@@ -21,6 +21,10 @@ pub struct UploadConfig {
     pub part_size: u64,
     /// Parts of one file in flight at once.
     pub part_concurrency: usize,
+    /// Longest wait for locked memory before a request fails with ENOMEM: long enough for
+    /// the uploads in flight to free some on a slow link, short enough that no request
+    /// hangs forever when nothing can free it.
+    pub memory_wait: std::time::Duration,
 }
 
 impl Default for UploadConfig {
@@ -28,6 +32,7 @@ impl Default for UploadConfig {
         UploadConfig {
             part_size: 8 << 20,
             part_concurrency: 8,
+            memory_wait: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -71,13 +76,18 @@ fn body_of(buf: &Arc<LockedBuf>) -> Bytes {
 /// released at once, not when the writer next settles: small caches would pin it).
 type PartResult = (u64, Result<CompletedPart, S3Error>, Option<Arc<LockedBuf>>);
 
-/// A multipart upload started while the application is still writing.
+/// A multipart upload under way: started while the application is still writing (its parts
+/// stream), or whose parts are all uploaded but whose completion failed (kept, so that the
+/// retry completes this upload instead of building a new one from data no longer held).
 struct Streaming {
     key: String,
     meta: Metadata,
     upload_id: String,
     in_flight: BTreeMap<u64, JoinHandle<PartResult>>,
     done: BTreeMap<u64, CompletedPart>,
+    /// Every part was uploaded and completion was tried: the next change must finish this
+    /// upload first (its last part may be short, which only the last part may be).
+    completing: bool,
 }
 
 impl Streaming {
@@ -85,8 +95,14 @@ impl Streaming {
         self.in_flight.contains_key(&idx) || self.done.contains_key(&idx)
     }
 
-    /// Wait for in-flight parts; failed parts give their buffer back.
-    async fn settle(&mut self, chunks: &mut BTreeMap<u64, Arc<LockedBuf>>, keep: usize) {
+    /// Wait for in-flight parts; failed parts give their buffer back. A part whose task died
+    /// (panicked) took its only copy of the data with it: that is returned as the poison.
+    async fn settle(
+        &mut self,
+        chunks: &mut BTreeMap<u64, Arc<LockedBuf>>,
+        keep: usize,
+    ) -> Option<String> {
+        let mut poison = None;
         while self.in_flight.len() > keep {
             let (&idx, _) = self.in_flight.iter().next().unwrap();
             let handle = self.in_flight.remove(&idx).unwrap();
@@ -100,10 +116,40 @@ impl Streaming {
                         chunks.insert(i, buf);
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "part upload task failed"),
+                Err(e) => {
+                    tracing::error!(object = %self.key, part = idx + 1, error = %e, "part upload task died with the part's data; the file fails with EIO until it is rewritten");
+                    poison = Some(format!("the upload of part {} died ({e})", idx + 1));
+                }
             }
         }
+        poison
     }
+}
+
+/// What one part of a multipart upload is made of, decided before any is built.
+enum Plan {
+    /// Already uploaded (streamed, or by an earlier attempt of this upload).
+    Done(CompletedPart),
+    /// A changed chunk held in memory, exactly the part's length.
+    Upload(Arc<LockedBuf>),
+    /// Sealed in the spill tier: opened only when its turn to upload comes, so a file
+    /// larger than the arena uploads in bounded memory.
+    Sealed(u64, usize),
+    /// Untouched bytes of the base: UploadPartCopy, server-side.
+    Copy(u64, u64),
+    /// A hole (past what the base still holds): zeros, from one shared buffer.
+    Zeros(usize),
+}
+
+/// `len` zero bytes as an upload body. Zeros are no secret, so they need no locked memory:
+/// one buffer is shared by every hole part, however many a sparse file has.
+fn zero_body(len: usize) -> Bytes {
+    static ZEROS: std::sync::Mutex<Bytes> = std::sync::Mutex::new(Bytes::new());
+    let mut zeros = ZEROS.lock().unwrap();
+    if zeros.len() < len {
+        *zeros = Bytes::from(vec![0u8; len]);
+    }
+    zeros.slice(..len)
 }
 
 /// File content that differs from the object on the server.
@@ -130,6 +176,18 @@ pub struct DirtyFile {
     /// Metadata actually stored by the last flush when it kept the streaming upload's own
     /// (its times are those of the upload's start); the caller adopts them.
     kept_meta: Option<Metadata>,
+    /// The base holds this content but not under the target's name or metadata: a
+    /// server-side copy is owed (after a metadata-only change, or a completed upload whose
+    /// metadata went stale).
+    copy_owed: bool,
+    /// An upload completed under this key (and ETag) before the file moved: deleted once
+    /// the content is copied under the file's name.
+    pending_delete: Option<(String, String)>,
+    /// Data of this file was lost in memory (a part upload task died): every flush fails
+    /// until the file is rewritten from scratch (truncated to 0), never uploading a guess.
+    poisoned: Option<String>,
+    /// Locked memory set aside for this writer's chunks (see `chunk_buf`).
+    reserve: Option<Reserve>,
 }
 
 impl std::fmt::Debug for DirtyFile {
@@ -166,6 +224,10 @@ impl DirtyFile {
             streaming: None,
             meta_explicit: false,
             kept_meta: None,
+            copy_owed: false,
+            pending_delete: None,
+            poisoned: None,
+            reserve: None,
         }
     }
 
@@ -210,6 +272,14 @@ impl DirtyFile {
         self.streaming.is_some()
     }
 
+    /// EIO once data of this file was lost in memory (see `poisoned`).
+    fn check_whole(&self) -> FsResult<()> {
+        match &self.poisoned {
+            Some(why) => Err(FsError::Lost(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn chunk_range(&self, idx: u64) -> (u64, u64) {
         let start = idx * self.part;
         (start, (start + self.part).min(self.size.max(start)))
@@ -220,7 +290,12 @@ impl DirtyFile {
     async fn make_room(&mut self, ctx: &WriteContext, need: usize, keep: (u64, u64)) {
         let Some(spill) = &ctx.spill else { return };
         let mut skip = std::collections::BTreeSet::new();
-        while ctx.arena.cap().saturating_sub(ctx.arena.in_use()) < need {
+        if self.reserve.as_ref().is_some_and(|r| r.bytes() >= need) {
+            return; // the allocation that follows comes from the reserve
+        }
+        // what the reserve holds is not enough alone: it goes back, room is made in the arena
+        self.reserve = None;
+        while ctx.arena.free() < need {
             let Some(idx) = self
                 .chunks
                 .keys()
@@ -273,13 +348,54 @@ impl DirtyFile {
         }
     }
 
+    /// A buffer of `len` bytes for one of this file's chunks. A writer that holds no chunk
+    /// (`holding` false) first waits for a reserve of a whole part (and the first chunk's
+    /// growth), then draws on it without waiting: concurrent writers can never fill the cap
+    /// with parts none of them can finish. Only a writer holding chunks already (random
+    /// writes, with no spill tier to move them to) waits while holding, and that wait is
+    /// bounded: ENOMEM rather than forever.
+    async fn chunk_buf(
+        &mut self,
+        ctx: &WriteContext,
+        len: usize,
+        holding: bool,
+    ) -> FsResult<LockedBuf> {
+        if let Some(buf) = self.reserve.as_mut().and_then(|r| r.take(len)) {
+            return Ok(buf?);
+        }
+        let wait = ctx.config.memory_wait;
+        // what is left of the reserve is too small: back to the arena, where it and the
+        // free memory together may be enough
+        self.reserve = None;
+        if !holding && self.chunks.is_empty() {
+            let want = self.part as usize + GROWTH_STEP;
+            let mut reserve = ctx.arena.reserve(want, wait).await?;
+            let buf = reserve.take(len);
+            self.reserve = Some(reserve);
+            if let Some(buf) = buf {
+                return Ok(buf?);
+            }
+        }
+        Ok(ctx.arena.alloc_within(len, wait).await?)
+    }
+
+    /// Give back the memory set aside for writing (the file is closed, or flushed).
+    pub fn trim_reserve(&mut self) {
+        self.reserve = None;
+    }
+
     /// Build the buffer for chunk `idx` holding at least `want` bytes: the base's bytes for
     /// that range (fetched) and zeros after.
-    async fn load_chunk(&self, ctx: &WriteContext, idx: u64, want: usize) -> FsResult<LockedBuf> {
+    async fn load_chunk(
+        &mut self,
+        ctx: &WriteContext,
+        idx: u64,
+        want: usize,
+    ) -> FsResult<LockedBuf> {
         let start = idx * self.part;
         let from_base = self.base_valid.saturating_sub(start).min(self.part) as usize;
         let cap = grow_capacity(want.max(from_base), 0, self.part as usize);
-        let mut buf = ctx.arena.alloc(cap).await?;
+        let mut buf = self.chunk_buf(ctx, cap, false).await?;
         buf.set_len(from_base);
         if from_base > 0 {
             let base = self.base.as_ref().expect("base_valid > 0 implies a base");
@@ -303,12 +419,13 @@ impl DirtyFile {
         if end.div_ceil(self.part) > MAX_PARTS {
             return Err(FsError::TooBig);
         }
+        self.check_whole()?;
         if data.is_empty() {
             return Ok(());
         }
         let (first, last) = (offset / self.part, (end - 1) / self.part);
         if let Some(s) = &self.streaming {
-            if (first..=last).any(|i| s.holds(i)) {
+            if s.completing || (first..=last).any(|i| s.holds(i)) {
                 // Rewriting a part already sent: make the object whole, then edit it.
                 self.flush(ctx, target).await?;
             }
@@ -322,6 +439,12 @@ impl DirtyFile {
             let mut buf = match self.chunks.remove(&idx) {
                 Some(b) => Arc::try_unwrap(b).expect("no upload holds a chunk still in the map"),
                 None => {
+                    if idx > 0 {
+                        // A writer moving into a new chunk sends the full ones behind it
+                        // first: it never holds one part while waiting for memory for the
+                        // next (many writers at once would fill the cap and wait forever).
+                        self.stream_chunks_below(ctx, target, idx).await?;
+                    }
                     self.make_room(ctx, 2 * self.part as usize, (first, last))
                         .await;
                     // Past the first part the file is big: take the whole part at once
@@ -332,13 +455,14 @@ impl DirtyFile {
             };
             if hi > buf.capacity() {
                 self.make_room(ctx, self.part as usize, (first, last)).await;
-                let mut bigger = ctx
-                    .arena
-                    .alloc(grow_capacity(hi, buf.capacity(), self.part as usize))
-                    .await?;
+                let cap = grow_capacity(hi, buf.capacity(), self.part as usize);
+                let mut bigger = self.chunk_buf(ctx, cap, true).await?;
                 bigger.set_len(buf.len());
                 bigger.copy_from_slice(&buf);
-                buf = bigger;
+                match &mut self.reserve {
+                    Some(r) => r.recycle(std::mem::replace(&mut buf, bigger)),
+                    None => buf = bigger,
+                }
             }
             if hi > buf.len() {
                 buf.set_len(hi);
@@ -365,9 +489,19 @@ impl DirtyFile {
             return Ok(());
         }
         let last = ((self.size - 1) / self.part).min(writing);
+        self.stream_chunks_below(ctx, target, last).await
+    }
+
+    /// Send the full chunks before chunk `below` as parts of a streaming upload.
+    async fn stream_chunks_below(
+        &mut self,
+        ctx: &WriteContext,
+        target: &Target,
+        below: u64,
+    ) -> FsResult<()> {
         let ready: Vec<u64> = self
             .chunks
-            .range(..last)
+            .range(..below)
             .filter(|(_, b)| b.len() as u64 == self.part)
             .map(|(&i, _)| i)
             .collect();
@@ -385,6 +519,7 @@ impl DirtyFile {
                 upload_id,
                 in_flight: BTreeMap::new(),
                 done: BTreeMap::new(),
+                completing: false,
             });
         }
         let stream = self.streaming.as_mut().unwrap();
@@ -408,9 +543,13 @@ impl DirtyFile {
             );
         }
         // Backpressure: a writer never has more than `part_concurrency` parts in flight.
-        stream
+        if let Some(why) = stream
             .settle(&mut self.chunks, ctx.config.part_concurrency)
-            .await;
+            .await
+        {
+            self.poisoned = Some(why.clone());
+            return Err(FsError::Lost(why));
+        }
         Ok(())
     }
 
@@ -422,6 +561,7 @@ impl DirtyFile {
         offset: u64,
         out: &mut [u8],
     ) -> FsResult<usize> {
+        self.check_whole()?;
         let end = (offset + out.len() as u64).min(self.size);
         if offset >= end {
             return Ok(0);
@@ -468,6 +608,15 @@ impl DirtyFile {
         if new_size.div_ceil(self.part) > MAX_PARTS {
             return Err(FsError::TooBig);
         }
+        if new_size == 0 && self.poisoned.is_some() {
+            // rewritten from scratch: what was lost no longer matters
+            self.discard(ctx).await;
+            self.base_valid = 0;
+            self.size = 0;
+            self.dirty = true;
+            return Ok(());
+        }
+        self.check_whole()?;
         if self.streaming.is_some() {
             self.flush(ctx, target).await?;
         }
@@ -494,40 +643,153 @@ impl DirtyFile {
     }
 
     /// Make the server object equal to this content under `target`; returns the new object.
-    /// On error nothing held in memory is lost: a later flush retries.
+    ///
+    /// A flush is a sequence of steps (upload the content, complete it, copy it under the
+    /// file's name and metadata, delete what a move left behind), and after each step that
+    /// succeeds this state describes what is on the server: a step that fails leaves the
+    /// state a retry can only finish from, never one it would rebuild from data no longer
+    /// held (a completed upload is the new base at once). On error nothing held in memory is
+    /// lost.
     pub async fn flush(&mut self, ctx: &WriteContext, target: &Target) -> FsResult<ObjectRef> {
         // Only this flush's choice counts: a write that rewrote a streamed part flushed once
         // already, and what that flush kept is not what the server will hold after this one.
         self.kept_meta = None;
+        if let Some(why) = &self.poisoned {
+            return Err(FsError::Lost(why.clone()));
+        }
+        // what was set aside for writing is needed by the upload (opened sealed parts)
+        self.reserve = None;
         if !self.dirty {
-            if let Some(b) = &self.base {
-                if b.key == target.key {
-                    return Ok(b.clone());
-                }
+            match &self.base {
+                Some(b) if b.key == target.key => return Ok(b.clone()),
+                // clean content under another name: a copy makes it the target's
+                Some(_) => self.copy_owed = true,
+                None => {}
             }
         }
-        let etag = if self.streaming.is_none() && self.size <= self.part {
+        if self.content_differs() {
+            self.upload(ctx, target).await?;
+        } else if !self.copy_owed && self.pending_delete.is_none() {
+            // nothing but the attributes changed (chmod, chown, utimens of a clean file)
+            self.copy_owed = true;
+        }
+        if self.copy_owed {
+            self.copy_base_to(ctx, target).await?;
+        }
+        if let Some((old, etag)) = self.pending_delete.clone() {
+            self.delete_moved(ctx, &old, &etag).await?;
+            self.pending_delete = None;
+        }
+        self.dirty = false;
+        self.meta_explicit = false;
+        Ok(self.base.clone().expect("a flushed file has a base"))
+    }
+
+    /// The content differs from the base object's (or there is no base yet): an upload is
+    /// owed, not only a copy.
+    fn content_differs(&self) -> bool {
+        self.streaming.is_some()
+            || !self.chunks.is_empty()
+            || !self.sealed.is_empty()
+            || match &self.base {
+                None => true,
+                Some(b) => self.base_valid != b.size || self.size != b.size,
+            }
+    }
+
+    /// The server now holds this content as `obj`: it is the base, nothing is held for it.
+    fn rebase(&mut self, ctx: &WriteContext, obj: ObjectRef) {
+        ctx.cache.invalidate(&obj.key);
+        self.base_valid = obj.size;
+        self.size = obj.size;
+        self.base = Some(obj);
+        self.chunks.clear();
+        self.sealed.clear();
+        self.streaming = None;
+    }
+
+    /// Upload the content: one PutObject for a small file, else a multipart upload. On
+    /// success the result is the base; `copy_owed` / `pending_delete` say what is left.
+    async fn upload(&mut self, ctx: &WriteContext, target: &Target) -> FsResult<()> {
+        if self.streaming.is_none() && self.size <= self.part {
             let buf = self.materialize(ctx, 0, self.size as usize).await?;
-            ctx.store
+            let etag = ctx
+                .store
                 .put(&target.key, body_of(&buf), &target.meta)
-                .await?
+                .await?;
+            drop(buf);
+            self.rebase(ctx, self.object(&target.key, etag));
+            self.copy_owed = false;
+            return Ok(());
+        }
+        let (key, etag, stored_meta) = self.upload_multipart(ctx, target).await?;
+        self.rebase(ctx, self.object(&key, etag.clone()));
+        // Metadata fixed when the upload began may be stale. Times that moved only because
+        // of the writes themselves are kept (the upload's start time); an explicit
+        // chmod/chown/utimens, or a rename while writing, is fixed server-side by a copy.
+        let stale = Some(stored_meta).filter(|m| *m != target.meta);
+        let only_times = stale.as_ref().is_some_and(|m| {
+            let strip = |x: &Metadata| {
+                let mut x = x.clone();
+                x.remove("mtime");
+                x.remove("ctime");
+                x
+            };
+            strip(m) == strip(&target.meta)
+        });
+        if key != target.key {
+            self.copy_owed = true;
+            self.pending_delete = Some((key, etag));
+        } else if only_times && !self.meta_explicit {
+            self.kept_meta = stale;
+            self.copy_owed = false;
         } else {
-            self.flush_multipart(ctx, target).await?
-        };
-        ctx.cache.invalidate(&target.key);
-        let obj = ObjectRef {
-            key: target.key.clone(),
+            self.copy_owed = stale.is_some();
+        }
+        Ok(())
+    }
+
+    /// The base object, complete, copied under `target` with its metadata (server-side).
+    async fn copy_base_to(&mut self, ctx: &WriteContext, target: &Target) -> FsResult<()> {
+        let base = self.base.clone().expect("a copy is owed only with a base");
+        let etag = crate::s3::copy_any_size(
+            ctx.store.as_ref(),
+            &base.key,
+            &target.key,
+            self.size,
+            &target.meta,
+            true,
+            base.sealing,
+            self.part,
+        )
+        .await?;
+        self.rebase(ctx, self.object(&target.key, etag));
+        self.copy_owed = false;
+        Ok(())
+    }
+
+    /// Delete the object an upload completed under before the file moved, once its copy
+    /// exists under the file's name; only while it is still that upload (another file may
+    /// have taken the name since).
+    async fn delete_moved(&self, ctx: &WriteContext, key: &str, etag: &str) -> FsResult<()> {
+        match ctx.store.head(key).await {
+            Ok(info) if info.etag == etag => {
+                ctx.store.delete(key).await?;
+                ctx.cache.invalidate(key);
+                Ok(())
+            }
+            Ok(_) | Err(S3Error::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn object(&self, key: &str, etag: String) -> ObjectRef {
+        ObjectRef {
+            key: key.to_owned(),
             etag,
             size: self.size,
             sealing: Sealing::PRIMARY,
-        };
-        self.base = Some(obj.clone());
-        self.base_valid = self.size;
-        self.chunks.clear();
-        self.sealed.clear();
-        self.dirty = false;
-        self.meta_explicit = false;
-        Ok(obj)
+        }
     }
 
     /// Chunk `idx` as an upload body of exactly `len` bytes (taken from memory, or built from
@@ -549,7 +811,7 @@ impl DirtyFile {
             Err(_) => unreachable!("chunks in the map are not shared"),
         };
         if len > buf.capacity() {
-            let mut bigger = ctx.arena.alloc(len).await?;
+            let mut bigger = self.chunk_buf(ctx, len, true).await?;
             bigger.set_len(buf.len());
             bigger.copy_from_slice(&buf);
             buf = bigger;
@@ -561,106 +823,100 @@ impl DirtyFile {
         Ok(buf)
     }
 
-    async fn flush_multipart(&mut self, ctx: &WriteContext, target: &Target) -> FsResult<String> {
+    /// What part `idx` (bytes `start..end` of the file) is made of at upload time. Holes are
+    /// not built here (zeros need no memory); a chunk shorter than its part, or the one part
+    /// that straddles the end of the base's bytes, is built now, as memory allows.
+    async fn plan_part(
+        &mut self,
+        ctx: &WriteContext,
+        idx: u64,
+        done: &BTreeMap<u64, CompletedPart>,
+    ) -> FsResult<Plan> {
+        let (start, end) = self.chunk_range(idx);
+        let len = (end - start) as usize;
+        if let Some(p) = done.get(&idx) {
+            return Ok(Plan::Done(p.clone()));
+        }
+        if self.sealed.contains_key(&idx) {
+            return Ok(Plan::Sealed(idx, len));
+        }
+        if let Some(chunk) = self.chunks.get(&idx) {
+            if chunk.len() == len {
+                return Ok(Plan::Upload(chunk.clone()));
+            }
+        } else if end <= self.base_valid && end > start {
+            return Ok(Plan::Copy(start, end));
+        } else if start >= self.base_valid {
+            return Ok(Plan::Zeros(len));
+        }
+        Ok(Plan::Upload(self.materialize(ctx, idx, len).await?))
+    }
+
+    /// Upload every part (streamed, from memory, copied server-side, or built when its turn
+    /// comes) and complete the upload; returns the key, ETag and metadata it completed with.
+    /// Parts are planned first and only those in flight are built, so a file of any size and
+    /// sparseness uploads in at most `part_concurrency` parts of memory beyond what it holds.
+    async fn upload_multipart(
+        &mut self,
+        ctx: &WriteContext,
+        target: &Target,
+    ) -> FsResult<(String, String, Metadata)> {
         let n = self.size.div_ceil(self.part).max(1);
         if let Some(s) = &mut self.streaming {
-            s.settle(&mut self.chunks, 0).await;
+            if let Some(why) = s.settle(&mut self.chunks, 0).await {
+                self.poisoned = Some(why.clone());
+                return Err(FsError::Lost(why));
+            }
         }
         if !self.sealed.is_empty() {
             // sealed parts are opened one part at a time below: make sure one fits
             self.make_room(ctx, self.part as usize, (u64::MAX, 0)).await;
         }
-        let (key, upload_id, streamed_meta) = match &self.streaming {
-            Some(s) => (s.key.clone(), s.upload_id.clone(), Some(s.meta.clone())),
-            None => (
-                target.key.clone(),
-                ctx.store
-                    .create_multipart(&target.key, &target.meta)
-                    .await?,
-                None,
-            ),
-        };
-        let done = self
-            .streaming
-            .as_ref()
-            .map(|s| s.done.clone())
-            .unwrap_or_default();
-        // Build the part plan: streamed, from memory, or copied server-side.
-        enum Plan {
-            Done(CompletedPart),
-            Upload(Arc<LockedBuf>),
-            /// Sealed in the spill tier: opened only when its turn to upload comes, so a file
-            /// larger than the arena uploads in bounded memory.
-            Sealed(u64, usize),
-            Copy(u64, u64),
+        if self.streaming.is_none() {
+            let upload_id = ctx
+                .store
+                .create_multipart(&target.key, &target.meta)
+                .await?;
+            self.streaming = Some(Streaming {
+                key: target.key.clone(),
+                meta: target.meta.clone(),
+                upload_id,
+                in_flight: BTreeMap::new(),
+                done: BTreeMap::new(),
+                completing: false,
+            });
         }
+        let s = self.streaming.as_ref().expect("set above");
+        let (key, upload_id, meta) = (s.key.clone(), s.upload_id.clone(), s.meta.clone());
+        let done = s.done.clone();
         let mut plans = Vec::with_capacity(n as usize);
         for idx in 0..n {
-            let (start, end) = self.chunk_range(idx);
-            let plan = if let Some(e) = done.get(&idx) {
-                Plan::Done(e.clone())
-            } else if self.sealed.contains_key(&idx) {
-                Plan::Sealed(idx, (end - start) as usize)
-            } else if !self.chunks.contains_key(&idx) && end <= self.base_valid && end > start {
-                Plan::Copy(start, end)
-            } else {
-                let len = (end - start) as usize;
-                let buf = self.materialize(ctx, idx, len).await?;
-                match &ctx.spill {
-                    // memory is short: seal it now, open it when its turn comes
-                    Some(spill) if ctx.arena.cap().saturating_sub(ctx.arena.in_use()) < 2 * len => {
-                        drop(buf);
-                        let buf = Arc::try_unwrap(self.chunks.remove(&idx).expect("materialized"))
-                            .expect("only the map holds it");
-                        self.seals += 1;
-                        match spill
-                            .seal_part(part_aad(self.id, idx, self.seals), buf)
-                            .await
-                        {
-                            Ok(part) => {
-                                self.sealed.insert(idx, part);
-                                Plan::Sealed(idx, len)
-                            }
-                            Err((_, buf)) => {
-                                let buf = Arc::new(buf);
-                                self.chunks.insert(idx, buf.clone());
-                                Plan::Upload(buf)
-                            }
-                        }
-                    }
-                    _ => Plan::Upload(buf),
-                }
-            };
-            plans.push(plan);
+            plans.push(self.plan_part(ctx, idx, &done).await?);
         }
         let base = self.base.clone();
         let sealed = &self.sealed;
         let results: Vec<Result<CompletedPart, FsError>> =
             futures::stream::iter(plans.into_iter().enumerate().map(|(i, plan)| {
-                let (store, slots) = (ctx.store.clone(), ctx.upload_slots.clone());
                 let (key, upload_id, base) = (key.clone(), upload_id.clone(), base.clone());
                 async move {
                     let number = i as i32 + 1;
-                    let part = match plan {
-                        Plan::Done(p) => p,
-                        Plan::Upload(buf) => {
-                            let _slot = slots.acquire().await;
-                            store
-                                .upload_part(&key, &upload_id, number, body_of(&buf))
-                                .await?
-                        }
+                    if let Plan::Done(p) = plan {
+                        return Ok(p);
+                    }
+                    let _slot = ctx.upload_slots.acquire().await;
+                    let body = match plan {
+                        Plan::Done(_) => unreachable!("returned above"),
+                        Plan::Upload(buf) => body_of(&buf),
+                        Plan::Zeros(len) => zero_body(len),
                         Plan::Sealed(idx, len) => {
-                            let _slot = slots.acquire().await;
                             let mut buf = sealed[&idx].open(&ctx.arena, len).await?;
                             buf.set_len(len);
-                            store
-                                .upload_part(&key, &upload_id, number, body_of(&Arc::new(buf)))
-                                .await?
+                            body_of(&Arc::new(buf))
                         }
                         Plan::Copy(s, e) => {
                             let base = base.expect("copy plan implies a base");
-                            let _slot = slots.acquire().await;
-                            store
+                            let part = ctx
+                                .store
                                 .upload_part_copy(
                                     &key,
                                     &upload_id,
@@ -669,9 +925,14 @@ impl DirtyFile {
                                     s..e,
                                     base.sealing,
                                 )
-                                .await?
+                                .await?;
+                            return Ok(part);
                         }
                     };
+                    let part = ctx
+                        .store
+                        .upload_part(&key, &upload_id, number, body)
+                        .await?;
                     debug_assert_eq!(part.number, number);
                     Ok(part)
                 }
@@ -679,60 +940,66 @@ impl DirtyFile {
             .buffered(ctx.config.part_concurrency.max(1))
             .collect()
             .await;
-        let parts: Result<Vec<_>, _> = results.into_iter().collect();
-        let outcome = match parts {
-            Ok(parts) => ctx
-                .store
-                .complete_multipart(&key, &upload_id, parts)
-                .await
-                .map_err(FsError::from),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(etag) => {
-                self.streaming = None;
-                // Metadata fixed when the streaming upload began may be stale. Times that moved
-                // only because of the writes themselves are kept (the upload's start time); an
-                // explicit chmod/chown/utimens, or a rename while writing, is fixed server-side.
-                let stale = streamed_meta.filter(|m| *m != target.meta);
-                let only_times = stale.as_ref().is_some_and(|m| {
-                    let strip = |x: &Metadata| {
-                        let mut x = x.clone();
-                        x.remove("mtime");
-                        x.remove("ctime");
-                        x
-                    };
-                    strip(m) == strip(&target.meta)
-                });
-                if key == target.key && only_times && !self.meta_explicit {
-                    self.kept_meta = stale;
-                    return Ok(etag);
-                }
-                if key != target.key || stale.is_some() {
-                    let etag = crate::s3::copy_any_size(
-                        ctx.store.as_ref(),
-                        &key,
-                        &target.key,
-                        self.size,
-                        &target.meta,
-                        true,
-                        Sealing::PRIMARY,
-                        self.part,
-                    )
-                    .await?;
-                    if key != target.key {
-                        ctx.store.delete(&key).await?;
+        // Parts that made it are kept: a retry after a later failure uploads only the rest.
+        let mut parts = Vec::with_capacity(results.len());
+        let mut first_err = None;
+        {
+            let s = self.streaming.as_mut().expect("set above");
+            for (i, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(p) => {
+                        s.done.insert(i as u64, p.clone());
+                        parts.push(p);
                     }
-                    return Ok(etag);
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
                 }
-                Ok(etag)
             }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        self.streaming.as_mut().expect("set above").completing = true;
+        match ctx.store.complete_multipart(&key, &upload_id, parts).await {
+            Ok(etag) => Ok((key, etag, meta)),
             Err(e) => {
-                if self.streaming.is_none() {
-                    let _ = ctx.store.abort_multipart(&key, &upload_id).await;
+                if matches!(&e, S3Error::Other { code, .. } if code == "NoSuchUpload") {
+                    // The upload is gone and not as ours completed: what it held exists no
+                    // more. Parts still in memory can go into a new one; streamed ones cannot.
+                    self.upload_vanished();
                 }
-                Err(e)
+                Err(e.into())
             }
+        }
+    }
+
+    /// The multipart upload under way no longer exists on the server (aborted elsewhere).
+    fn upload_vanished(&mut self) {
+        let Some(s) = self.streaming.take() else {
+            return;
+        };
+        let lost: Vec<u64> = s
+            .done
+            .keys()
+            .copied()
+            .filter(|i| {
+                !self.chunks.contains_key(i) && !self.sealed.contains_key(i) && {
+                    let (start, end) = self.chunk_range(*i);
+                    // a part copied from the base can be copied again
+                    !(end <= self.base_valid && end > start)
+                }
+            })
+            .collect();
+        if let Some(first) = lost.first() {
+            let why = format!(
+                "multipart upload of {} vanished from the server with {} streamed parts (first: part {})",
+                s.key,
+                lost.len(),
+                first + 1
+            );
+            tracing::error!(object = %s.key, "{why}; the file fails with EIO until it is rewritten");
+            self.poisoned = Some(why);
         }
     }
 
@@ -745,16 +1012,23 @@ impl DirtyFile {
         self.chunks.clear();
         self.sealed.clear();
         self.dirty = false;
+        self.copy_owed = false;
+        self.pending_delete = None;
+        self.poisoned = None;
     }
 }
 
-/// Next buffer capacity for a chunk that needs `need` bytes: doubling from 64 KiB, at most
-/// one part.
+/// Growth of a chunk buffer past its first size, before it is a whole part.
+const GROWTH_STEP: usize = 1 << 20;
+
+/// Next buffer capacity for a chunk that needs `need` bytes: 64 KiB (most files), then
+/// 1 MiB, then the whole part. Few steps, so a writer's reserve of a part and one step
+/// covers its growth.
 fn grow_capacity(need: usize, current: usize, part: usize) -> usize {
-    let mut cap = current.max(64 << 10);
-    while cap < need {
-        cap *= 2;
-    }
+    let cap = [64 << 10, GROWTH_STEP, part]
+        .into_iter()
+        .find(|&c| c >= need && c > current)
+        .unwrap_or(part);
     cap.min(part).max(need)
 }
 
@@ -795,6 +1069,7 @@ mod tests {
             config: UploadConfig {
                 part_size: P,
                 part_concurrency: 4,
+                ..UploadConfig::default()
             },
             upload_slots: Arc::new(Semaphore::new(8)),
             spill,

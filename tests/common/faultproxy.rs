@@ -109,6 +109,8 @@ struct Shared {
     rng: Mutex<StdRng>,
     stats: FaultStats,
     stop: AtomicBool,
+    /// CopyObject requests still to refuse with 403 (see [`FaultProxy::refuse_copies`]).
+    copies_to_refuse: AtomicU64,
 }
 
 /// The proxy; stops accepting on drop (connections in progress finish on their own).
@@ -136,6 +138,7 @@ impl FaultProxy {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             stats: FaultStats::default(),
             stop: AtomicBool::new(false),
+            copies_to_refuse: AtomicU64::new(0),
         });
         let sh = shared.clone();
         std::thread::spawn(move || {
@@ -163,6 +166,17 @@ impl FaultProxy {
 
     pub fn stats(&self) -> &FaultStats {
         &self.shared.stats
+    }
+
+    /// Answer the next `n` CopyObject requests (not UploadPartCopy) with 403 AccessDenied,
+    /// without forwarding them: a policy or a server refusing one step of a flush.
+    pub fn refuse_copies(&self, n: u64) {
+        self.shared.copies_to_refuse.store(n, Ordering::SeqCst);
+    }
+
+    /// CopyObject requests still to be refused.
+    pub fn copies_left_to_refuse(&self) -> u64 {
+        self.shared.copies_to_refuse.load(Ordering::SeqCst)
     }
 }
 
@@ -350,6 +364,17 @@ fn pick(sh: &Shared, method: &str, ranged: bool) -> (Fault, Duration, u64) {
     (fault, f.stall_for, extra)
 }
 
+/// 403 AccessDenied, as a bucket policy answers a request it refuses.
+fn refusal() -> Vec<u8> {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>\
+                <Message>injected refusal</Message></Error>";
+    format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 fn error_response(status: u16, code: &str) -> Vec<u8> {
     let reason = if status == 503 {
         "Service Unavailable"
@@ -481,6 +506,20 @@ fn serve(client: TcpStream, sh: &Shared) {
         let mut req = head.bytes();
         req.extend_from_slice(&body);
         sh.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let is_copy_object = method == "PUT"
+            && head.get("x-amz-copy-source").is_some()
+            && !head.start.contains("partNumber=");
+        if is_copy_object
+            && sh
+                .copies_to_refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            if cw.write_all(&refusal()).is_err() {
+                return;
+            }
+            continue;
+        }
         let ranged = head.get("range").is_some();
         let (fault, stall_for, extra) = pick(sh, &method, ranged);
         let count = |c: &AtomicU64| {
