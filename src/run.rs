@@ -712,19 +712,25 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     if let Some(mut pipe) = ready.take() {
         let _ = writeln!(pipe, "OK");
     }
-    // SIGTERM / SIGINT: upload everything pending, then unmount (which ends the session).
+    // SIGTERM, SIGINT, SIGHUP (the terminal of a foreground mount went away), SIGQUIT:
+    // upload everything pending, then unmount (which ends the session). Their default
+    // action would end the daemon with written data still in memory.
     let mut unmounter = session.unmount_callable();
     let fs_sig = fs.clone();
     let mountpoint = m.mountpoint.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let kinds = [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::hangup(),
+            SignalKind::quit(),
+        ];
+        let Ok(mut signals) = kinds.into_iter().map(signal).collect::<Result<Vec<_>, _>>() else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        let any = futures::future::select_all(signals.iter_mut().map(|s| Box::pin(s.recv())));
+        let _ = any.await;
         tracing::info!("signal received: uploading pending writes, then unmounting");
         let failed = fs_sig.flush_all().await;
         if failed > 0 {

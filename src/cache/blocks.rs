@@ -162,6 +162,19 @@ impl BlockCache {
         block_size: u64,
         index: u64,
     ) -> FsResult<Arc<LockedBuf>> {
+        if obj.etag.is_empty() {
+            // No version to name it by: a cached block could be served for another version
+            // of the object later. Fetched for this read only.
+            let start = index * block_size;
+            let len = block_size.min(obj.size.saturating_sub(start)) as usize;
+            let mut buf = self.arena.alloc(len).await?;
+            let n = self
+                .store
+                .get_range(&obj.key, start, &mut buf, None, obj.sealing)
+                .await?;
+            buf.set_len(n);
+            return Ok(Arc::new(buf));
+        }
         let id = BlockId {
             key: obj.key.clone(),
             etag: obj.etag.clone(),
@@ -261,6 +274,9 @@ impl BlockCache {
     /// window covers all of it (or the object's end), so a window that slides one block per
     /// read still sends large GETs.
     pub fn prefetch(self: &Arc<Self>, obj: &ObjectRef, block_size: u64, from: u64, to: u64) {
+        if obj.etag.is_empty() {
+            return; // never cached (see `block`)
+        }
         let last = obj.size.div_ceil(block_size);
         // a small window (small cache) gets shorter runs, so it still holds two of them
         let run_len = FETCH_RUN.min((to.saturating_sub(from) / 2).max(1));

@@ -33,6 +33,10 @@ fn pattern(id: u8, version: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A future borrowing the mount and the model for its run.
+type Step<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+type RunFn = for<'a> fn(&'a Arc<Fs>, &'a mut Vec<Expect>) -> Step<'a>;
+
 /// What one file of a workload must look like afterwards.
 #[derive(Debug, Clone)]
 struct Expect {
@@ -56,7 +60,7 @@ struct Workload {
     write_back: bool,
     /// Objects in the bucket before the mount (not through the failing store).
     setup: fn(&MemStore),
-    run: for<'a> fn(&'a Arc<Fs>, &'a mut Vec<Expect>) -> Pin<Box<dyn Future<Output = ()> + 'a>>,
+    run: RunFn,
 }
 
 /// One operation of the workload, in a task of its own as the daemon runs each request: a

@@ -518,3 +518,78 @@ async fn a_file_open_below_a_renamed_directory_keeps_writing() {
     assert_eq!(read_all(&fresh, f).await, b"one two three");
     assert!(mem.raw("d/f").is_none());
 }
+
+/// 64 writers of big files and 8 readers at once through the smallest cache a mount accepts
+/// (four parts): writers take their memory before holding any, so none waits forever for
+/// memory the others hold, and every file is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_big_writers_and_readers_through_the_smallest_cache() {
+    let mem = MemStore::new("k");
+    let part = 5u64 << 20;
+    let mut cfg = FsConfig::new("", 1000, 1000);
+    cfg.upload.part_size = part;
+    let cap = 4 * part as usize;
+    cfg.read_cache = cap as u64 / 2;
+    let fs = Fs::new(cfg, Arc::new(mem.clone()), Arena::with_cap_unchecked(cap));
+    let content = |id: u64, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i as u64).wrapping_mul(2654435761) ^ id.wrapping_mul(0x9E37)) as u8 | 1)
+            .collect()
+    };
+    for r in 0..8u64 {
+        mem.put(
+            &format!("r{r}"),
+            Bytes::from(content(1000 + r, 6 << 20)),
+            &crate::s3::Metadata::new(),
+        )
+        .await
+        .unwrap();
+    }
+    let len = (2 * part + 1234) as usize;
+    let work = async {
+        let mut tasks = Vec::new();
+        for w in 0..64u64 {
+            let fs = fs.clone();
+            tasks.push(tokio::spawn(async move {
+                let data = content(w, len);
+                let name = format!("w{w}");
+                let (ino, _, fh) = fs.create(ROOT, &name, 0o644, 1000, 1000).await.unwrap();
+                for (i, piece) in data.chunks(1 << 20).enumerate() {
+                    fs.write(ino, (i << 20) as u64, piece).await.unwrap();
+                }
+                fs.flush(ino).await.unwrap();
+                fs.release(ino, fh).await.unwrap();
+            }));
+        }
+        for r in 0..8u64 {
+            let fs = fs.clone();
+            tasks.push(tokio::spawn(async move {
+                let expect = content(1000 + r, 6 << 20);
+                let (ino, _) = fs.lookup(ROOT, &format!("r{r}")).await.unwrap();
+                for _ in 0..3 {
+                    let fh = fs.open(ino, false, false).await.unwrap();
+                    let mut got = Vec::new();
+                    while got.len() < expect.len() {
+                        let b = fs.read(ino, fh, got.len() as u64, 1 << 20).await.unwrap();
+                        assert!(!b.is_empty());
+                        got.extend_from_slice(&b);
+                    }
+                    fs.release(ino, fh).await.unwrap();
+                    assert!(got == expect, "r{r} read back wrong");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .expect("64 writers and 8 readers through a 4-part cache must not wait forever");
+    for w in 0..64u64 {
+        assert!(
+            mem.raw(&format!("w{w}")).unwrap() == content(w, len),
+            "w{w}"
+        );
+    }
+}
