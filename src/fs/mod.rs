@@ -1013,7 +1013,8 @@ impl Fs {
         }
     }
 
-    /// Last close of a handle: upload anything left and free the file's memory.
+    /// Last close of a handle: upload anything left and free the file's memory. Its failure
+    /// is kept for the next close, fsync or unmount (the kernel drops a release's answer).
     pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
         self.handles.lock().unwrap().remove(&fh);
         let last = {
@@ -1029,11 +1030,18 @@ impl Fs {
         if !last {
             return Ok(());
         }
-        let result = self.close_ino(ino).await;
-        if result.is_ok() {
-            self.drop_if_closed(ino);
+        match self.close_ino(ino).await {
+            Ok(()) => self.drop_if_closed(ino),
+            Err(e) => {
+                // No application sees a release's answer (pages written through mmap after
+                // close are flushed here): say which file, and report it at its next close,
+                // fsync or unmount, while the data waits in memory for that retry.
+                let path = self.describe(ino);
+                tracing::error!(ino, path = %path, error = %e, "upload at the last release failed; the data stays in memory and the failure is reported on the next close, fsync or unmount");
+                self.failed_uploads.lock().unwrap().insert(ino, e);
+            }
         }
-        result
+        Ok(())
     }
 
     /// Open a directory: take its listing (cached while fresh) and start HEADs of its files.

@@ -54,6 +54,19 @@ struct Expect {
     between: Option<Vec<u8>>,
 }
 
+impl Expect {
+    fn new(names: Vec<String>, old: Option<Vec<u8>>, new: Vec<u8>, durable: bool) -> Expect {
+        Expect {
+            names,
+            old,
+            new,
+            durable,
+            gave_up: false,
+            between: None,
+        }
+    }
+}
+
 /// A workload: what it does through the mount, and the model of its outcome.
 struct Workload {
     name: &'static str,
@@ -192,14 +205,7 @@ fn workloads() -> Vec<Workload> {
             run: |fs, exp| {
                 Box::pin(async move {
                     let new = pattern(2, 1, (2 * PART + 123_456) as usize);
-                    exp.push(Expect {
-                        names: vec!["big".into()],
-                        old: None,
-                        new: new.clone(),
-                        durable: false,
-                        gave_up: false,
-                        between: None,
-                    });
+                    exp.push(Expect::new(vec!["big".into()], None, new.clone(), false));
                     let Some((ino, fh)) = create(fs, ROOT, "big").await else {
                         exp.last_mut().unwrap().gave_up = true;
                         return;
@@ -229,14 +235,12 @@ fn workloads() -> Vec<Workload> {
             run: |fs, exp| {
                 Box::pin(async move {
                     let new = pattern(3, 1, (2 * PART + 777) as usize);
-                    exp.push(Expect {
-                        names: vec!["a".into(), "b".into()],
-                        old: None,
-                        new: new.clone(),
-                        durable: false,
-                        gave_up: false,
-                        between: None,
-                    });
+                    exp.push(Expect::new(
+                        vec!["a".into(), "b".into()],
+                        None,
+                        new.clone(),
+                        false,
+                    ));
                     let Some((ino, fh)) = create(fs, ROOT, "a").await else {
                         exp.last_mut().unwrap().gave_up = true;
                         return;
@@ -269,14 +273,7 @@ fn workloads() -> Vec<Workload> {
                     let mut new = old.clone();
                     let at = (PART + 99) as usize;
                     new[at] ^= 0x5a;
-                    exp.push(Expect {
-                        names: vec!["e".into()],
-                        old: Some(old),
-                        new: new.clone(),
-                        durable: false,
-                        gave_up: false,
-                        between: None,
-                    });
+                    exp.push(Expect::new(vec!["e".into()], Some(old), new.clone(), false));
                     let Some((ino, fh)) = open_existing(fs, "e").await else {
                         exp.last_mut().unwrap().gave_up = true;
                         return;
@@ -302,14 +299,7 @@ fn workloads() -> Vec<Workload> {
                     new.resize(up as usize, 0);
                     let extra = pattern(5, 1, 4096);
                     new[at as usize..at as usize + 4096].copy_from_slice(&extra);
-                    exp.push(Expect {
-                        names: vec!["t".into()],
-                        old: Some(old),
-                        new,
-                        durable: false,
-                        gave_up: false,
-                        between: None,
-                    });
+                    exp.push(Expect::new(vec!["t".into()], Some(old), new, false));
                     let Some((ino, fh)) = open_existing(fs, "t").await else {
                         exp.last_mut().unwrap().gave_up = true;
                         return;
@@ -387,14 +377,8 @@ fn workloads() -> Vec<Workload> {
                 Box::pin(async move {
                     for (id, name, len) in [(7, "x", 1000), (8, "y", 70_000), (9, "z", PART + 3)] {
                         let v = pattern(id, 0, len as usize);
-                        exp.push(Expect {
-                            names: vec![format!("dd/{name}"), format!("ee/{name}")],
-                            old: Some(v.clone()),
-                            new: v,
-                            durable: true,
-                            gave_up: false,
-                            between: None,
-                        });
+                        let names = vec![format!("dd/{name}"), format!("ee/{name}")];
+                        exp.push(Expect::new(names, Some(v.clone()), v, true));
                     }
                     rename(fs, "dd", "ee").await;
                 })
@@ -409,14 +393,7 @@ fn workloads() -> Vec<Workload> {
                     for (id, name, len) in [(10, "w1", 3000), (11, "w2", PART + PART / 3)] {
                         let new = pattern(id, 1, len as usize);
                         let i = exp.len();
-                        exp.push(Expect {
-                            names: vec![name.into()],
-                            old: None,
-                            new: new.clone(),
-                            durable: false,
-                            gave_up: false,
-                            between: None,
-                        });
+                        exp.push(Expect::new(vec![name.into()], None, new.clone(), false));
                         let Some((ino, fh)) = create(fs, ROOT, name).await else {
                             exp.last_mut().unwrap().gave_up = true;
                             continue;
@@ -443,14 +420,12 @@ fn workloads() -> Vec<Workload> {
 
 async fn rsync_pattern(fs: &Arc<Fs>, exp: &mut Vec<Expect>) {
     let new = pattern(1, 1, 100_000);
-    exp.push(Expect {
-        names: vec![".f.tmp".into(), "f".into()],
-        old: None,
-        new: new.clone(),
-        durable: false,
-        gave_up: false,
-        between: None,
-    });
+    exp.push(Expect::new(
+        vec![".f.tmp".into(), "f".into()],
+        None,
+        new.clone(),
+        false,
+    ));
     let Some((ino, fh)) = create(fs, ROOT, ".f.tmp").await else {
         exp.last_mut().unwrap().gave_up = true;
         return;

@@ -91,6 +91,22 @@ struct Streaming {
 }
 
 impl Streaming {
+    /// A new multipart upload under `target`'s key, with its metadata as it is now.
+    async fn begin(ctx: &WriteContext, target: &Target) -> FsResult<Streaming> {
+        let upload_id = ctx
+            .store
+            .create_multipart(&target.key, &target.meta)
+            .await?;
+        Ok(Streaming {
+            key: target.key.clone(),
+            meta: target.meta.clone(),
+            upload_id,
+            in_flight: BTreeMap::new(),
+            done: BTreeMap::new(),
+            completing: false,
+        })
+    }
+
     fn holds(&self, idx: u64) -> bool {
         self.in_flight.contains_key(&idx) || self.done.contains_key(&idx)
     }
@@ -509,18 +525,7 @@ impl DirtyFile {
             return Ok(());
         }
         if self.streaming.is_none() {
-            let upload_id = ctx
-                .store
-                .create_multipart(&target.key, &target.meta)
-                .await?;
-            self.streaming = Some(Streaming {
-                key: target.key.clone(),
-                meta: target.meta.clone(),
-                upload_id,
-                in_flight: BTreeMap::new(),
-                done: BTreeMap::new(),
-                completing: false,
-            });
+            self.streaming = Some(Streaming::begin(ctx, target).await?);
         }
         let stream = self.streaming.as_mut().unwrap();
         for idx in ready {
@@ -873,18 +878,7 @@ impl DirtyFile {
             self.make_room(ctx, self.part as usize, (u64::MAX, 0)).await;
         }
         if self.streaming.is_none() {
-            let upload_id = ctx
-                .store
-                .create_multipart(&target.key, &target.meta)
-                .await?;
-            self.streaming = Some(Streaming {
-                key: target.key.clone(),
-                meta: target.meta.clone(),
-                upload_id,
-                in_flight: BTreeMap::new(),
-                done: BTreeMap::new(),
-                completing: false,
-            });
+            self.streaming = Some(Streaming::begin(ctx, target).await?);
         }
         let s = self.streaming.as_ref().expect("set above");
         let (key, upload_id, meta) = (s.key.clone(), s.upload_id.clone(), s.meta.clone());
