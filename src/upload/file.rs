@@ -288,6 +288,13 @@ impl DirtyFile {
         self.streaming.is_some()
     }
 
+    /// Part `idx` lies wholly within the base's bytes still part of the file: an unchanged
+    /// part can be copied from it server-side.
+    fn copyable(&self, idx: u64) -> bool {
+        let (start, end) = self.chunk_range(idx);
+        end <= self.base_valid && end > start
+    }
+
     /// EIO once data of this file was lost in memory (see `poisoned`).
     fn check_whole(&self) -> FsResult<()> {
         match &self.poisoned {
@@ -849,7 +856,7 @@ impl DirtyFile {
             if chunk.len() == len {
                 return Ok(Plan::Upload(chunk.clone()));
             }
-        } else if end <= self.base_valid && end > start {
+        } else if self.copyable(idx) {
             return Ok(Plan::Copy(start, end));
         } else if start >= self.base_valid {
             return Ok(Plan::Zeros(len));
@@ -978,11 +985,8 @@ impl DirtyFile {
             .keys()
             .copied()
             .filter(|i| {
-                !self.chunks.contains_key(i) && !self.sealed.contains_key(i) && {
-                    let (start, end) = self.chunk_range(*i);
-                    // a part copied from the base can be copied again
-                    !(end <= self.base_valid && end > start)
-                }
+                // a part copied from the base can be copied again
+                !self.chunks.contains_key(i) && !self.sealed.contains_key(i) && !self.copyable(*i)
             })
             .collect();
         if let Some(first) = lost.first() {
