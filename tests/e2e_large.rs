@@ -205,3 +205,42 @@ fn a_mount_aborts_stale_incomplete_uploads_under_its_prefix_only() {
     assert_eq!(fs::read(m.path("after.txt")).unwrap(), b"still fine");
     m.unmount();
 }
+
+/// An edit of a big file uploads the parts it changed and copies the others server-side
+/// (UploadPartCopy), only from the version the edit was based on: Garage checks
+/// `x-amz-copy-source-if-match` on the SSE-C source. When another client replaced the object
+/// meanwhile, fsync fails with ESTALE and the server keeps that client's version whole,
+/// never a mix of both.
+#[test]
+fn an_edit_of_a_big_file_copies_parts_only_from_its_own_version() {
+    let b = TestBucket::new();
+    let mut m = Mount::new(&b, &[]);
+    let size = 20 << 20; // three 8 MiB parts
+    let mut data = random_bytes(size);
+    fs::write(m.path("big"), &data).unwrap();
+    // nobody else writing: the edit lands
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
+    f.write_all_at(b"E", 1).unwrap();
+    f.sync_all()
+        .expect("fsync of an edit with nobody else writing");
+    data[1] = b'E';
+    assert_stored(b.name(), "big", m.key(), &data);
+    // another client replaces the object before this edit is uploaded
+    f.write_all_at(b"F", 2).unwrap();
+    let theirs = random_bytes(size);
+    put_with_key(b.name(), "big", &theirs, m.key(), &[]);
+    let e = f.sync_all().expect_err("fsync must not mix two versions");
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+    drop(f);
+    assert_stored(b.name(), "big", m.key(), &theirs);
+    // the edit that could not be stored is reported at unmount too, not dropped silently
+    let stopped = m.stop().expect("the mount was running");
+    assert!(
+        !stopped.clean(),
+        "unmount must report the edit it could not store"
+    );
+    assert_stored(b.name(), "big", m.key(), &theirs);
+}

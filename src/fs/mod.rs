@@ -709,6 +709,7 @@ impl Fs {
         if write {
             self.writable()?;
         }
+        self.retry_failed_release(ino, truncate && write).await?;
         if truncate && write {
             let f = self.dirty_file(ino).await?;
             let target = self.target(ino)?;
@@ -725,6 +726,21 @@ impl Fs {
         Ok(self.new_handle(Handle::File {
             ra: ReadAhead::default(),
         }))
+    }
+
+    /// An upload that failed at the last release (pages written through mmap after close;
+    /// no application saw that answer) is tried again at the next open, which reports the
+    /// failure when it stays. An open that truncates replaces that data: it is only logged.
+    async fn retry_failed_release(&self, ino: u64, truncating: bool) -> FsResult<()> {
+        let Some(e) = self.failed_uploads.lock().unwrap().remove(&ino) else {
+            return Ok(());
+        };
+        if truncating {
+            let path = self.describe(ino);
+            tracing::warn!(ino, path = %path, error = %e, "an open with O_TRUNC discards the data of an earlier failed upload");
+            return Ok(());
+        }
+        self.flush_ino(ino).await.map_err(|_| e)
     }
 
     /// Create and open a new file.
@@ -1014,7 +1030,7 @@ impl Fs {
     }
 
     /// Last close of a handle: upload anything left and free the file's memory. Its failure
-    /// is kept for the next close, fsync or unmount (the kernel drops a release's answer).
+    /// is kept for the next open, close, fsync or unmount (the kernel drops a release's answer).
     pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
         self.handles.lock().unwrap().remove(&fh);
         let last = {
@@ -1034,10 +1050,10 @@ impl Fs {
             Ok(()) => self.drop_if_closed(ino),
             Err(e) => {
                 // No application sees a release's answer (pages written through mmap after
-                // close are flushed here): say which file, and report it at its next close,
-                // fsync or unmount, while the data waits in memory for that retry.
+                // close are flushed here): say which file, and report it at its next open,
+                // close, fsync or unmount, while the data waits in memory for that retry.
                 let path = self.describe(ino);
-                tracing::error!(ino, path = %path, error = %e, "upload at the last release failed; the data stays in memory and the failure is reported on the next close, fsync or unmount");
+                tracing::error!(ino, path = %path, error = %e, "upload at the last release failed; the data stays in memory and the failure is reported on the next open, close, fsync or unmount");
                 self.failed_uploads.lock().unwrap().insert(ino, e);
             }
         }

@@ -593,3 +593,86 @@ async fn sixty_four_big_writers_and_readers_through_the_smallest_cache() {
         );
     }
 }
+
+/// A one-byte edit of a big file copies its other parts server-side from the version it was
+/// based on. When another client replaced the object meanwhile, the close fails (ESTALE)
+/// rather than store a mix of both versions.
+#[tokio::test]
+async fn an_edit_never_copies_parts_of_a_version_another_client_wrote() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let ours: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let ino = write_file(&fs, ROOT, "big", &ours).await;
+    let fh = fs.open(ino, true, false).await.unwrap();
+    fs.write(ino, 0, b"X").await.unwrap();
+    let theirs = vec![9u8; 12 << 20];
+    mem.put(
+        "big",
+        Bytes::from(theirs.clone()),
+        &crate::s3::Metadata::new(),
+    )
+    .await
+    .unwrap();
+    let err = fs.flush(ino).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE);
+    assert_eq!(mem.raw("big").unwrap(), theirs, "their version, whole");
+    let _ = fs.release(ino, fh).await;
+}
+
+/// Pages written through mmap after close reach the mount only at release, whose answer no
+/// application sees: when that upload fails, the next open retries it and reports the
+/// failure if it stays; the data waits in memory and a later close stores it.
+#[tokio::test]
+async fn a_failed_upload_at_release_is_reported_by_the_next_open() {
+    use crate::s3::failing::{FailKind, FailingStore};
+    let mem = MemStore::new("k");
+    let failing = Arc::new(FailingStore::new(
+        Arc::new(mem.clone()),
+        0,
+        FailKind::Refused,
+    ));
+    let fs = Fs::new(
+        FsConfig::new("", 1000, 1000),
+        failing.clone(),
+        Arena::with_cap_unchecked(64 << 20),
+    );
+    let (ino, _, fh) = fs.create(ROOT, "m", 0o644, 1000, 1000).await.unwrap();
+    fs.write(ino, 0, b"mapped pages").await.unwrap();
+    failing.fail_also(failing.requests() + 1); // the PutObject of the release
+    fs.release(ino, fh)
+        .await
+        .expect("a release's answer is dropped");
+    assert!(mem.raw("m").is_none(), "the injected failure refused it");
+    // the next open retries the upload (the next request, which passes): open succeeds
+    let fh = fs
+        .open(ino, false, false)
+        .await
+        .expect("the retry at open stores it");
+    assert_eq!(mem.raw("m").unwrap(), b"mapped pages");
+    fs.release(ino, fh).await.unwrap();
+
+    // the same, with the retry at open failing too: open reports it, a later close stores it
+    let mem = MemStore::new("k");
+    let failing = Arc::new(FailingStore::new(
+        Arc::new(mem.clone()),
+        0,
+        FailKind::Refused,
+    ));
+    let fs = Fs::new(
+        FsConfig::new("", 1000, 1000),
+        failing.clone(),
+        Arena::with_cap_unchecked(64 << 20),
+    );
+    let (ino, _, fh) = fs.create(ROOT, "m", 0o644, 1000, 1000).await.unwrap();
+    fs.write(ino, 0, b"mapped pages").await.unwrap();
+    let n = failing.requests();
+    failing.fail_also(n + 1); // the release's PutObject
+    failing.fail_also(n + 2); // its retry at the next open
+    fs.release(ino, fh).await.unwrap();
+    let e = fs.open(ino, false, false).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EACCES, "{e}");
+    let fh = fs.open(ino, true, false).await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    assert_eq!(mem.raw("m").unwrap(), b"mapped pages");
+}

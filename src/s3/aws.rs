@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use super::{
     crc32c_base64, CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore,
-    PendingUpload, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    PartSource, PendingUpload, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 use crate::key::{CustomerKey, KeyRing};
 
@@ -657,10 +657,9 @@ impl ObjectStore for AwsStore {
         key: &str,
         upload_id: &str,
         number: i32,
-        src: &str,
-        range: std::ops::Range<u64>,
-        src_sealing: Sealing,
+        src: &PartSource<'_>,
     ) -> S3Result<CompletedPart> {
+        let range = &src.range;
         let mut req = with_key!(
             self.client
                 .upload_part_copy()
@@ -668,11 +667,12 @@ impl ObjectStore for AwsStore {
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
-                .copy_source(self.copy_source(src))
-                .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1)),
+                .copy_source(self.copy_source(src.key))
+                .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+                .set_copy_source_if_match(src.if_match()),
             self.key()
         );
-        if let Some(k) = self.key_of(src_sealing)? {
+        if let Some(k) = self.key_of(src.sealing)? {
             req = with_source_key!(req, k);
         }
         let out = req.send().await.map_err(map_err)?;
@@ -1154,7 +1154,17 @@ mod tests {
 
         let (s, rx) = store();
         let _ = s
-            .upload_part_copy("a", "u", 1, "src key", 0..10, Sealing::PRIMARY)
+            .upload_part_copy(
+                "a",
+                "u",
+                1,
+                &PartSource {
+                    key: "src key",
+                    range: 0..10,
+                    sealing: Sealing::PRIMARY,
+                    etag: Some("e1"),
+                },
+            )
             .await;
         let req = rx.expect_request();
         assert_trio(&req, &k, true);
@@ -1162,6 +1172,10 @@ mod tests {
         assert_eq!(
             req.headers().get("x-amz-copy-source-range"),
             Some("bytes=0-9")
+        );
+        assert_eq!(
+            req.headers().get("x-amz-copy-source-if-match"),
+            Some("\"e1\"")
         );
 
         let (s, rx) = store();
@@ -1229,7 +1243,17 @@ mod tests {
         assert!(rx.expect_request().headers().get(KEY).is_none());
         let (s, rx) = ring_store(ring());
         let _ = s
-            .upload_part_copy("a", "u", 1, "src", 0..4, Sealing::Plain)
+            .upload_part_copy(
+                "a",
+                "u",
+                1,
+                &PartSource {
+                    key: "src",
+                    range: 0..4,
+                    sealing: Sealing::Plain,
+                    etag: None,
+                },
+            )
             .await;
         let req = rx.expect_request();
         assert!(req.headers().get(SRC_KEY).is_none());

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, Metadata, ObjectInfo, ObjectStore, PendingUpload, S3Error, S3Result,
-    Sealing,
+    CompletedPart, ListPage, Metadata, ObjectInfo, ObjectStore, PartSource, PendingUpload, S3Error,
+    S3Result, Sealing,
 };
 
 /// How the chosen request fails.
@@ -78,6 +78,8 @@ pub struct FailingStore {
     at: u64,
     kind: FailKind,
     seen: AtomicU64,
+    /// More request numbers failing as `kind` (a test of a retry that fails too).
+    also: Mutex<Vec<u64>>,
     /// The operation of every request, in order (for a failing case's message).
     log: Mutex<Vec<&'static str>>,
 }
@@ -89,8 +91,14 @@ impl FailingStore {
             at,
             kind,
             seen: AtomicU64::new(0),
+            also: Mutex::default(),
             log: Mutex::default(),
         }
+    }
+
+    /// Fail request number `n` as well, the same way.
+    pub fn fail_also(&self, n: u64) {
+        self.also.lock().unwrap().push(n);
     }
 
     /// Requests made so far.
@@ -114,7 +122,7 @@ impl FailingStore {
     fn fate(&self, op: &'static str) -> Fate {
         self.log.lock().unwrap().push(op);
         let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
-        if n != self.at {
+        if n != self.at && !self.also.lock().unwrap().contains(&n) {
             return Fate::Pass;
         }
         match self.kind {
@@ -243,15 +251,12 @@ impl ObjectStore for FailingStore {
         key: &str,
         upload_id: &str,
         number: i32,
-        src: &str,
-        range: std::ops::Range<u64>,
-        src_sealing: Sealing,
+        src: &PartSource<'_>,
     ) -> S3Result<CompletedPart> {
         fated!(
             self,
             "upload_part_copy",
-            self.inner
-                .upload_part_copy(key, upload_id, number, src, range.clone(), src_sealing)
+            self.inner.upload_part_copy(key, upload_id, number, src)
         )
     }
 

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, PendingUpload,
-    S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, PartSource,
+    PendingUpload, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 
 #[derive(Clone)]
@@ -346,14 +346,19 @@ impl ObjectStore for MemStore {
         _key: &str,
         upload_id: &str,
         number: i32,
-        src: &str,
-        range: std::ops::Range<u64>,
-        src_sealing: Sealing,
+        src: &PartSource<'_>,
     ) -> S3Result<CompletedPart> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "upload_part_copy");
-        let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
-        self.check_key(&o, src_sealing)?;
+        let o = st.objects.get(src.key).ok_or(S3Error::NotFound)?.clone();
+        if src
+            .if_match()
+            .is_some_and(|e| e.trim_matches('"') != o.etag.trim_matches('"'))
+        {
+            return Err(S3Error::PreconditionFailed);
+        }
+        self.check_key(&o, src.sealing)?;
+        let range = &src.range;
         let data = o
             .data
             .get(range.start as usize..range.end as usize)

@@ -137,6 +137,29 @@ impl S3Error {
 
 pub type S3Result<T> = Result<T, S3Error>;
 
+/// Where an UploadPartCopy takes its bytes: `range` of object `key`, opened with `sealing`.
+/// With `etag`, only from that version of the object: an edit of a big file copies its
+/// unchanged parts from the version it was based on, and when another client replaced the
+/// object meanwhile the copy fails (`PreconditionFailed`, ESTALE at close) instead of storing
+/// a mix of both versions.
+#[derive(Debug, Clone)]
+pub struct PartSource<'a> {
+    pub key: &'a str,
+    pub range: std::ops::Range<u64>,
+    pub sealing: Sealing,
+    pub etag: Option<&'a str>,
+}
+
+impl PartSource<'_> {
+    /// The ETag as a quoted entity tag, the form every server compares (Garage strips the
+    /// quotes, AWS wants them; the SDK hands ETags back quoted, MemStore's too).
+    pub fn if_match(&self) -> Option<String> {
+        self.etag
+            .filter(|e| !e.is_empty())
+            .map(|e| format!("\"{}\"", e.trim_matches('"')))
+    }
+}
+
 /// Everything the filesystem needs from S3, with the customer key bound in.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
@@ -208,15 +231,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
     ) -> S3Result<CompletedPart>;
 
-    /// UploadPartCopy of `src[start..end)` with both key trios.
+    /// UploadPartCopy of `src.range` of `src.key` with both key trios; with `src.etag`, only
+    /// from that version (else `PreconditionFailed`).
     async fn upload_part_copy(
         &self,
         key: &str,
         upload_id: &str,
         number: i32,
-        src: &str,
-        range: std::ops::Range<u64>,
-        src_sealing: Sealing,
+        src: &PartSource<'_>,
     ) -> S3Result<CompletedPart>;
 
     async fn complete_multipart(
@@ -297,7 +319,17 @@ pub async fn copy_any_size(
             let end = (start + part).min(size);
             parts.push(
                 store
-                    .upload_part_copy(dst, &upload_id, number, src, start..end, src_sealing)
+                    .upload_part_copy(
+                        dst,
+                        &upload_id,
+                        number,
+                        &PartSource {
+                            key: src,
+                            range: start..end,
+                            sealing: src_sealing,
+                            etag: None,
+                        },
+                    )
                     .await?,
             );
             start = end;

@@ -12,7 +12,9 @@ use crate::cache::arena::{Arena, LockedBuf, Reserve};
 use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK};
 use crate::cache::spill::{part_aad, SealedPart, Spill};
 use crate::fs::error::{FsError, FsResult};
-use crate::s3::{CompletedPart, Metadata, ObjectStore, S3Error, Sealing, MAX_PARTS, MIN_PART};
+use crate::s3::{
+    CompletedPart, Metadata, ObjectStore, PartSource, S3Error, Sealing, MAX_PARTS, MIN_PART,
+};
 
 /// Upload tuning shared by all files.
 #[derive(Debug, Clone, Copy)]
@@ -922,9 +924,12 @@ impl DirtyFile {
                                     &key,
                                     &upload_id,
                                     number,
-                                    &base.key,
-                                    s..e,
-                                    base.sealing,
+                                    &PartSource {
+                                        key: &base.key,
+                                        range: s..e,
+                                        sealing: base.sealing,
+                                        etag: Some(&base.etag),
+                                    },
                                 )
                                 .await?;
                             return Ok(part);
