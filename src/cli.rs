@@ -33,6 +33,18 @@ pub enum Command {
     /// Re-encrypt every object under BUCKET[:PREFIX] from one key to another, server-side
     /// (nothing is downloaded); resumable: objects the new key already opens are skipped.
     Rotate(RotateArgs),
+    /// Wait until everything pending on the mount at MOUNTPOINT is stored on the server
+    /// (what a backup script runs before it reports success); exit 1 if some could not be.
+    Sync {
+        /// A mountpoint of ssecfs.
+        mountpoint: PathBuf,
+    },
+    /// Show the state of the mount at MOUNTPOINT: cache and locked memory, pending and failed
+    /// uploads, recent errors, key fingerprints (never the key).
+    Status {
+        /// A mountpoint of ssecfs.
+        mountpoint: PathBuf,
+    },
 }
 
 /// `ssecfs rotate` arguments.
@@ -293,19 +305,12 @@ pub fn expand_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String>), 
     if as_helper {
         args.retain(|a| !matches!(a.to_str(), Some("-s" | "-n" | "-v" | "-f" | "-sn" | "-nv")));
     }
-    let subcommands = [
-        "mount",
-        "keygen",
-        "check",
-        "rotate",
-        "help",
-        "-h",
-        "--help",
-        "-V",
-        "--version",
-    ];
+    // every subcommand clap knows (so a new one never parses as a SOURCE), and help
+    let command = Cli::command();
+    let is_subcommand =
+        |name: &str| name == "help" || command.get_subcommands().any(|c| c.get_name() == name);
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
-        if !subcommands.contains(&first) && !first.starts_with('-') {
+        if !is_subcommand(first) && !first.starts_with('-') {
             args.insert(1, "mount".into());
         }
     }

@@ -160,7 +160,9 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
-        let failed = self.rt.block_on(self.fs.flush_all());
+        let failed = self
+            .rt
+            .block_on(self.fs.flush_all(crate::fs::FlushAll::Unmount));
         if failed > 0 {
             tracing::error!(failed, "files could not be uploaded at unmount");
         }

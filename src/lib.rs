@@ -4,13 +4,16 @@
 //! Layers, from the kernel down: [`fuse`] (thin adapter) → [`fs`] (inodes, handles,
 //! attributes, errno) → [`upload`] (write path) and [`cache`] (locked arena, block cache) →
 //! [`s3`] (the only code that builds requests). [`key`] holds the customer key; [`cli`]
-//! parses the command line and mount options; [`run`] wires it all together.
+//! parses the command line and mount options; [`run`] wires it all together, [`log`] says
+//! what happened and [`control`] answers `ssecfs sync` and `ssecfs status`.
 
 pub mod cache;
 pub mod cli;
+pub mod control;
 pub mod fs;
 pub mod fuse;
 pub mod key;
+pub mod log;
 pub mod run;
 pub mod s3;
 pub mod upload;

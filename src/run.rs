@@ -49,6 +49,8 @@ pub fn main_entry() -> ExitCode {
         Command::Keygen { path } => keygen(&path),
         Command::Check(c) => check(c),
         Command::Rotate(r) => rotate(r),
+        Command::Sync { mountpoint } => sync(&mountpoint),
+        Command::Status { mountpoint } => status(&mountpoint),
         Command::Mount(mut m) => {
             m.kernel_flags = kernel_flags;
             match mount(*m) {
@@ -77,84 +79,75 @@ fn keygen(path: &Path) -> ExitCode {
 }
 
 /// Where logs go: a file when asked, syslog/journald when detached, else stderr.
-enum LogTarget<'a> {
-    File(&'a Path),
-    Syslog,
-    Stderr,
-}
-
-fn init_logging(level: &str, target: LogTarget) {
-    // At trace level the SDK's signer prints request headers (the key) and its orchestrator
-    // prints response structs (the key's MD5): a user filter is capped for those crates.
-    let filter = match tracing_subscriber::EnvFilter::try_from_env("SSECFS_LOG") {
-        Ok(user) => [
-            "aws_sigv4=info",
-            "aws_smithy_runtime=debug",
-            "aws_smithy_http_client=debug",
-            "hyper=debug",
-            "hyper_util=debug",
-            "h2=debug",
-            "rustls=debug",
-        ]
-        .iter()
-        .fold(user, |f, d| {
-            f.add_directive(d.parse().expect("valid directive"))
-        }),
-        Err(_) => tracing_subscriber::EnvFilter::new(format!("ssecfs={level},warn")),
+/// `ssecfs sync MOUNTPOINT`: have the daemon store everything pending, showing what is left.
+fn sync(mountpoint: &Path) -> ExitCode {
+    let mut answer = match crate::control::request(mountpoint, "sync") {
+        Ok(a) => a,
+        Err(e) => return fail(&format!("sync: {e}")),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let file = match target {
-        LogTarget::File(p) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok(),
-        _ => None,
-    };
-    let _ = match (file, target) {
-        (Some(f), _) => builder
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(f))
-            .try_init(),
-        (None, LogTarget::Syslog | LogTarget::File(_)) => {
-            // SAFETY: openlog keeps the pointer; the identifier is a 'static C string.
-            unsafe { libc::openlog(c"ssecfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-            builder
-                .with_ansi(false)
-                .without_time()
-                .with_writer(|| SyslogWriter)
-                .try_init()
-        }
-        (None, LogTarget::Stderr) => builder.with_writer(std::io::stderr).try_init(),
-    };
-}
-
-/// One tracing event → one syslog line (journald picks it up on systemd machines).
-struct SyslogWriter;
-
-impl Write for SyslogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        let priority = if text.contains("ERROR") {
-            libc::LOG_ERR
-        } else if text.contains("WARN") {
-            libc::LOG_WARNING
-        } else {
-            libc::LOG_INFO
+    // A spinner with what is left, on a terminal only (indicatif hides itself otherwise).
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .expect("static template"),
+    );
+    bar.set_message("storing what is pending");
+    loop {
+        let line = match crate::control::next_line(&mut answer) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                bar.abandon();
+                return fail("sync: the mount's daemon went away before it finished");
+            }
+            Err(e) => {
+                bar.abandon();
+                return fail(&format!("sync: {e}"));
+            }
         };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            if let Ok(c) = std::ffi::CString::new(line.replace('\0', " ")) {
-                // SAFETY: a constant format string and one NUL-terminated argument.
-                unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["pending", files, bytes] => {
+                let mib = bytes.parse::<u64>().unwrap_or(0) as f64 / (1 << 20) as f64;
+                bar.set_message(format!("{files} files left, {mib:.1} MiB in memory"));
+                bar.tick();
+            }
+            ["done", "0"] => {
+                bar.finish_and_clear();
+                return ExitCode::SUCCESS;
+            }
+            ["done", failed] => {
+                bar.abandon();
+                return fail(&format!(
+                    "sync: {failed} files could not be stored (kept in memory for the next try); `ssecfs status {}` names them",
+                    mountpoint.display()
+                ));
+            }
+            _ => {
+                bar.abandon();
+                return fail(&format!(
+                    "sync: {}",
+                    line.strip_prefix("error ").unwrap_or(&line)
+                ));
             }
         }
-        Ok(buf.len())
     }
+}
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// `ssecfs status MOUNTPOINT`: print the daemon's report.
+fn status(mountpoint: &Path) -> ExitCode {
+    let mut answer = match crate::control::request(mountpoint, "status") {
+        Ok(a) => a,
+        Err(e) => return fail(&format!("status: {e}")),
+    };
+    loop {
+        match crate::control::next_line(&mut answer) {
+            Ok(Some(l)) if l.starts_with("error ") => {
+                return fail(&format!("status: {}", &l["error ".len()..]))
+            }
+            Ok(Some(l)) => println!("{l}"),
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => return fail(&format!("status: {e}")),
+        }
     }
 }
 
@@ -256,7 +249,7 @@ async fn preflight(
 }
 
 fn check(args: CheckArgs) -> ExitCode {
-    init_logging("warn", LogTarget::Stderr);
+    crate::log::init("warn", crate::log::Target::Stderr);
     let ring = match load_ring(&args.conn) {
         Ok(k) => k,
         Err(e) => return fail(&e),
@@ -337,7 +330,7 @@ fn approx_age(d: Duration) -> String {
 }
 
 fn rotate(args: RotateArgs) -> ExitCode {
-    init_logging("warn", LogTarget::Stderr);
+    crate::log::init("warn", crate::log::Target::Stderr);
     // The ring: the new key first (it seals the copies), then every old key.
     let ring = (|| {
         let to = CustomerKey::load(&args.to).map_err(|e| e.to_string())?;
@@ -540,11 +533,11 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
 fn mount(m: MountArgs) -> Result<(), String> {
     let prep = prepare(&m)?;
     if m.foreground {
-        init_logging(
+        crate::log::init(
             &m.log_level,
             m.log_file
                 .as_deref()
-                .map_or(LogTarget::Stderr, LogTarget::File),
+                .map_or(crate::log::Target::Stderr, crate::log::Target::File),
         );
         return serve(&m, &prep, &mut None);
     }
@@ -565,11 +558,11 @@ fn mount(m: MountArgs) -> Result<(), String> {
             // SAFETY: setsid has no memory effects; we are the child of a fresh fork.
             unsafe { libc::setsid() };
             redirect_stdio();
-            init_logging(
+            crate::log::init(
                 &m.log_level,
                 m.log_file
                     .as_deref()
-                    .map_or(LogTarget::Syslog, LogTarget::File),
+                    .map_or(crate::log::Target::Syslog, crate::log::Target::File),
             );
             let mut pipe = Some(std::fs::File::from(write_end));
             let result = serve(&m, &prep, &mut pipe);
@@ -615,6 +608,7 @@ fn redirect_stdio() {
 /// Mount and serve until unmounted; `ready` hears "OK" (and is closed) once the mount is live.
 fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
     let ring = load_ring(&m.conn)?;
+    let fingerprints: Vec<String> = ring.iter().map(|k| k.fingerprint().to_owned()).collect();
     let arena = Arena::new(prep.cache_size as usize, prep.shrink).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -704,11 +698,28 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     } else {
         fuser::SessionACL::Owner
     };
+    // the name `ssecfs sync` and `ssecfs status` find the control socket by
+    let canonical = std::fs::canonicalize(&m.mountpoint).unwrap_or_else(|_| m.mountpoint.clone());
     let adapter = crate::fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(adapter, &m.mountpoint, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", m.mountpoint.display()))?;
     tracing::info!(source = %m.source, mountpoint = %m.mountpoint.display(), "mounted");
     crate::fuse::raise_kernel_readahead(&m.mountpoint, crate::fuse::KERNEL_READAHEAD_KB);
+    {
+        let _rt = rt.enter();
+        crate::control::serve(
+            fs.clone(),
+            crate::control::MountInfo {
+                source: m.source.clone(),
+                endpoint: endpoint.clone(),
+                mountpoint: canonical,
+                fingerprints,
+                write_back: m.write_back,
+                started: std::time::SystemTime::now(),
+                owner: uid,
+            },
+        );
+    }
     if let Some(mut pipe) = ready.take() {
         let _ = writeln!(pipe, "OK");
     }
@@ -732,7 +743,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
         let any = futures::future::select_all(signals.iter_mut().map(|s| Box::pin(s.recv())));
         let _ = any.await;
         tracing::info!("signal received: uploading pending writes, then unmounting");
-        let failed = fs_sig.flush_all().await;
+        let failed = fs_sig.flush_all(crate::fs::FlushAll::Unmount).await;
         if failed > 0 {
             tracing::error!(failed, "files could not be uploaded");
         }
@@ -744,7 +755,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     let result = session
         .run()
         .map_err(|e| format!("FUSE session ended with an error: {e}"));
-    let failed = rt.block_on(fs.flush_all());
+    let failed = rt.block_on(fs.flush_all(crate::fs::FlushAll::Unmount));
     rt.shutdown_timeout(Duration::from_secs(5));
     if failed > 0 {
         return Err(format!("{failed} files could not be uploaded before exit"));

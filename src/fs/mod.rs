@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::cache::arena::{Arena, LockedBuf};
@@ -1961,42 +1960,10 @@ impl Fs {
             namelen: NAME_MAX as u32,
         }
     }
-
-    /// Upload every changed file (unmount, SIGTERM), write-back ones included, many at once.
-    /// Returns how many failed.
-    pub async fn flush_all(&self) -> usize {
-        // A delayed store that took its inode out of `meta_pending` before this looked must
-        // finish too (before and after: it may take the inode while this goes through them).
-        self.meta_stores_settled().await;
-        let metas: Vec<u64> = self.meta_pending.lock().unwrap().iter().copied().collect();
-        let mut failed_meta = 0;
-        for ino in metas {
-            if let Err(e) = self.flush_metadata(ino).await {
-                let path = self.describe(ino);
-                tracing::error!(ino, path = %path, error = %e, "could not store changed attributes at unmount; they are lost");
-                failed_meta += 1;
-            }
-        }
-        self.meta_stores_settled().await;
-        let inos: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
-        let results = futures::stream::iter(inos.into_iter().map(|ino| async move {
-            let r = self.flush_ino(ino).await;
-            if let Err(e) = &r {
-                // name what is lost: the user has no other way to learn it
-                let path = self.describe(ino);
-                tracing::error!(ino, path = %path, error = %e, "could not upload a file at unmount; its unsaved changes are lost");
-            } else {
-                self.failed_uploads.lock().unwrap().remove(&ino);
-            }
-            r.is_err()
-        }))
-        .buffer_unordered(16)
-        .collect::<Vec<bool>>()
-        .await;
-        failed_meta + results.into_iter().filter(|&failed| failed).count()
-    }
 }
 
+mod pending;
+pub use pending::{FlushAll, Pending};
 #[cfg(test)]
 mod sweep_tests;
 #[cfg(test)]
