@@ -150,6 +150,14 @@ pub struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Serve objects stored without SSE-C, read-only (a migration from a plain bucket). By
+    /// default they are refused: anyone with write access to the bucket could have put them
+    #[arg(long)]
+    pub allow_plain: bool,
+    /// Keep setuid, setgid and sticky bits found in object metadata (by default dropped: the
+    /// metadata is not authenticated)
+    #[arg(long)]
+    pub allow_special_modes: bool,
     /// Owner of objects that carry no uid metadata (default: the mounting user).
     #[arg(long)]
     pub uid: Option<u32>,

@@ -21,22 +21,8 @@ pub enum Target<'a> {
 /// Install the process's logger: `SSECFS_LOG` (an EnvFilter) when set, else `ssecfs=LEVEL`
 /// and warnings of the libraries.
 pub fn init(level: &str, target: Target) {
-    // At trace level the SDK's signer prints request headers (the key) and its orchestrator
-    // prints response structs (the key's MD5): a user filter is capped for those crates.
     let filter = match tracing_subscriber::EnvFilter::try_from_env("SSECFS_LOG") {
-        Ok(user) => [
-            "aws_sigv4=info",
-            "aws_smithy_runtime=debug",
-            "aws_smithy_http_client=debug",
-            "hyper=debug",
-            "hyper_util=debug",
-            "h2=debug",
-            "rustls=debug",
-        ]
-        .iter()
-        .fold(user, |f, d| {
-            f.add_directive(d.parse().expect("valid directive"))
-        }),
+        Ok(user) => user,
         Err(_) => tracing_subscriber::EnvFilter::new(format!("ssecfs={level},warn")),
     };
     let fmt = tracing_subscriber::fmt::layer().with_target(false);
@@ -65,9 +51,43 @@ pub fn init(level: &str, target: Target) {
         *m.level() <= tracing::Level::WARN && m.target().starts_with("ssecfs")
     });
     let _ = tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
+        .with(lines.with_filter(filter).with_filter(floor()))
         .with(Recent.with_filter(problems))
         .try_init();
+}
+
+/// Crates whose verbose events carry request or response headers, hence the key (base64 in
+/// `x-amz-server-side-encryption-customer-key`, the signer's canonical request, hyper's
+/// buffers) or its MD5 (response structs), with the most verbose level that is safe.
+const CAPPED: [(&str, tracing::Level); 10] = [
+    ("aws_sigv4", tracing::Level::INFO),
+    ("aws_smithy_runtime", tracing::Level::DEBUG),
+    ("aws_smithy_runtime_api", tracing::Level::DEBUG),
+    ("aws_smithy_http_client", tracing::Level::DEBUG),
+    ("aws_smithy_http", tracing::Level::DEBUG),
+    ("aws_sdk_s3", tracing::Level::DEBUG),
+    ("aws_runtime", tracing::Level::DEBUG),
+    ("hyper", tracing::Level::DEBUG),
+    ("hyper_util", tracing::Level::DEBUG),
+    ("h2", tracing::Level::DEBUG),
+];
+
+/// Whether an event or span of `target` at `level` may be logged at all: a hard floor below
+/// the user's filter that no `SSECFS_LOG` directive can lift (an EnvFilter directive for a
+/// module, e.g. `aws_smithy_runtime::client::orchestrator=trace`, overrides one for its
+/// crate, which is how a cap written as directives was bypassed).
+fn allowed(target: &str, level: &tracing::Level) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    match CAPPED.iter().find(|(name, _)| *name == krate) {
+        Some((_, cap)) => level <= cap,
+        // rustls and anything else below the HTTP stack: warnings only
+        None if krate == "rustls" || krate.starts_with("tower") => *level <= tracing::Level::WARN,
+        None => true,
+    }
+}
+
+fn floor() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|m| allowed(m.target(), m.level()))
 }
 
 /// How many of the last warnings and errors `ssecfs status` shows.
@@ -149,5 +169,31 @@ impl Write for SyslogWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn the_floor_holds_whatever_module_a_directive_names() {
+        assert!(!allowed(
+            "aws_smithy_runtime::client::orchestrator",
+            &Level::TRACE
+        ));
+        assert!(!allowed("aws_sigv4::http_request::sign", &Level::DEBUG));
+        assert!(!allowed("aws_sigv4", &Level::TRACE));
+        assert!(!allowed("hyper_util::client::legacy::pool", &Level::TRACE));
+        assert!(!allowed("rustls::client", &Level::DEBUG));
+        assert!(allowed(
+            "aws_smithy_runtime::client::retries",
+            &Level::DEBUG
+        ));
+        assert!(allowed("aws_sigv4", &Level::INFO));
+        assert!(allowed("ssecfs::fs", &Level::TRACE));
+        // a crate whose name only starts like a capped one is not capped
+        assert!(allowed("hyperfine", &Level::TRACE));
     }
 }

@@ -645,6 +645,8 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     cfg.attr_ttl = Duration::from_secs(m.attr_ttl);
     cfg.dir_ttl = Duration::from_secs(m.attr_ttl);
     cfg.read_only = m.read_only;
+    cfg.allow_plain = m.allow_plain;
+    cfg.defaults.special_modes = m.allow_special_modes;
     cfg.upload = UploadConfig {
         part_size: prep.part_size,
         part_concurrency: m.upload_concurrency.max(1),

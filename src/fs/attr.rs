@@ -37,6 +37,10 @@ pub struct Defaults {
     pub gid: u32,
     pub file_perm: u16,
     pub dir_perm: u16,
+    /// Keep setuid, setgid and sticky bits found in remote metadata (`--allow-special-modes`).
+    /// Off by default: anyone with write access to the bucket can set `x-amz-meta-mode`, and
+    /// a planted 0104755 must not show as a setuid program.
+    pub special_modes: bool,
 }
 
 pub const META_MODE: &str = "mode";
@@ -77,7 +81,12 @@ impl Attr {
             Some(libc::S_IFDIR) => Kind::Dir,
             _ => Kind::File,
         };
-        let perm = mode.map(|m| (m & 0o7777) as u16).unwrap_or(match kind {
+        let mask = if defaults.special_modes {
+            0o7777
+        } else {
+            0o777
+        };
+        let perm = mode.map(|m| (m & mask) as u16).unwrap_or(match kind {
             Kind::Dir => defaults.dir_perm,
             Kind::Symlink => 0o777,
             Kind::File => defaults.file_perm,
@@ -161,6 +170,7 @@ mod tests {
         gid: 100,
         file_perm: 0o644,
         dir_perm: 0o755,
+        special_modes: false,
     };
 
     #[test]
@@ -202,5 +212,22 @@ mod tests {
     fn times_before_1970() {
         let t = parse_epoch("-86400").unwrap();
         assert_eq!(epoch_secs(t), -86400);
+    }
+
+    #[test]
+    fn special_mode_bits_from_remote_metadata_are_dropped_unless_asked_for() {
+        let mut m = Metadata::new();
+        m.insert("mode".into(), (libc::S_IFREG | 0o4755).to_string());
+        let a = Attr::from_object(1, SystemTime::UNIX_EPOCH, &m, false, &D);
+        assert_eq!(a.perm, 0o755, "a planted setuid bit");
+        m.insert("mode".into(), (libc::S_IFDIR | 0o3777).to_string());
+        let a = Attr::from_object(0, SystemTime::UNIX_EPOCH, &m, false, &D);
+        assert_eq!((a.kind, a.perm), (Kind::Dir, 0o777));
+        let trusting = Defaults {
+            special_modes: true,
+            ..D
+        };
+        let a = Attr::from_object(0, SystemTime::UNIX_EPOCH, &m, false, &trusting);
+        assert_eq!(a.perm, 0o3777);
     }
 }

@@ -29,6 +29,9 @@ pub enum FsError {
     BadHandle,
     #[error("file too large for S3 (over 10,000 parts)")]
     TooBig,
+    /// An object stored without SSE-C: not served, or served read-only (`--allow-plain`).
+    #[error("object stored without SSE-C (not sealed under this mount's key)")]
+    PlainObject,
     #[error(transparent)]
     S3(S3Error),
     /// Written data was lost in memory (a part upload task died): the file fails with EIO
@@ -69,6 +72,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
             FsError::TooBig => libc::EFBIG,
+            FsError::PlainObject => libc::EACCES,
             FsError::Lost(_) => libc::EIO,
             FsError::Memory(ArenaError::TooLarge { .. }) => libc::EFBIG,
             FsError::Memory(_) => libc::ENOMEM,

@@ -53,6 +53,9 @@ pub struct FsConfig {
     pub write_back: Option<WriteBack>,
     /// Sealed spill tier for evicted blocks and write chunks (`--spill-dir`); `None`: off.
     pub spill: Option<Spill>,
+    /// Serve objects stored without SSE-C, read-only (`--allow-plain`, for a migration).
+    /// Off by default: anyone with write access to the bucket, and no key, can put one.
+    pub allow_plain: bool,
 }
 
 /// Write-back settings (`--write-back`).
@@ -82,6 +85,7 @@ impl FsConfig {
                 gid,
                 file_perm: 0o644,
                 dir_perm: 0o755,
+                special_modes: false,
             },
             attr_ttl: Duration::from_secs(30),
             dir_ttl: Duration::from_secs(30),
@@ -91,6 +95,7 @@ impl FsConfig {
             max_readahead: 32 << 20,
             write_back: None,
             spill: None,
+            allow_plain: false,
         }
     }
 }
@@ -224,6 +229,10 @@ pub const META_DELAY: Duration = Duration::from_millis(100);
 
 /// Longest file name POSIX tools expect.
 pub const NAME_MAX: usize = 255;
+
+/// The log line for an object stored without SSE-C (see [`Fs::check_sealed`]).
+const PLAIN_REFUSED: &str = "object is stored without SSE-C, so anyone with write access to the bucket could have put it: not served (EACCES). If it is yours, mount with --allow-plain to read it, or run `ssecfs rotate --adopt-plain` to encrypt it under your key";
+const PLAIN_READ_ONLY: &str = "object is stored without SSE-C: --allow-plain serves it read-only (run `ssecfs rotate --adopt-plain` to encrypt it under your key)";
 
 fn check_name(name: &str) -> FsResult<()> {
     if name.len() > NAME_MAX {
@@ -384,7 +393,7 @@ impl Fs {
 
     fn file_node(&self, info: &ObjectInfo, key: &str) -> Node {
         if info.sealing == Sealing::Plain {
-            self.warn_once(key, "object is stored without SSE-C (uploaded by another tool); reading it as is, it will be encrypted when next written");
+            self.warn_once(key, PLAIN_REFUSED);
         }
         Node {
             parent: 0,
@@ -705,6 +714,7 @@ impl Fs {
         if node.attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        self.check_sealed(ino, &node, write)?;
         if write {
             self.writable()?;
         }
@@ -740,6 +750,24 @@ impl Fs {
             return Ok(());
         }
         self.flush_ino(ino).await.map_err(|_| e)
+    }
+
+    /// An object stored without SSE-C is not this key holder's: anyone with write access to
+    /// the bucket could have put it. Refused (EACCES) unless `--allow-plain`, and then only
+    /// for reading; it can still be listed, stat'ed and unlinked.
+    fn check_sealed(&self, ino: u64, node: &Node, write: bool) -> FsResult<()> {
+        if node.sealing != Sealing::Plain || !node.remote {
+            return Ok(());
+        }
+        if !self.cfg.allow_plain {
+            self.warn_once(&self.describe(ino), PLAIN_REFUSED);
+            return Err(FsError::PlainObject);
+        }
+        if write {
+            self.warn_once(&self.describe(ino), PLAIN_READ_ONLY);
+            return Err(FsError::PlainObject);
+        }
+        Ok(())
     }
 
     /// Create and open a new file.
@@ -1252,6 +1280,8 @@ impl Fs {
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
         self.writable()?;
         let node = self.node(ino)?;
+        // storing attributes copies the object under this mount's key: not for a plain one
+        self.check_sealed(ino, &node, true)?;
         let mut attr = node.attr.clone();
         let now = SystemTime::now();
         if let Some(m) = set.mode {
@@ -1761,6 +1791,8 @@ impl Fs {
         new_name: &str,
         dst: Option<u64>,
     ) -> FsResult<()> {
+        // the copy would seal a plain object under this mount's key, adopting it unseen
+        self.check_sealed(ino, &self.node(ino)?, true)?;
         let src_key = self.file_key(ino)?;
         let dst_key = self.child_key(new_parent, new_name)?;
         // A file being written whose object exists (or whose upload already started) is

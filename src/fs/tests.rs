@@ -140,7 +140,7 @@ async fn files_dirs_and_renames() {
 }
 
 #[tokio::test]
-async fn wrong_key_is_eacces_and_plain_objects_read() {
+async fn wrong_key_is_eacces_and_plain_objects_are_not_served() {
     let mem = MemStore::new("k1");
     let fs = fs_on(&mem);
     write_file(&fs, ROOT, "secret", b"s").await;
@@ -148,8 +148,33 @@ async fn wrong_key_is_eacces_and_plain_objects_read() {
     let other = fs_on(&mem.with_key("k2"));
     let err = other.lookup(ROOT, "secret").await.unwrap_err();
     assert_eq!(err.errno(), libc::EACCES);
+    // a plain object could have been planted by anyone with write access: listed, not served
     let (p, _) = other.lookup(ROOT, "plain").await.unwrap();
-    assert_eq!(read_all(&other, p).await, b"hello");
+    assert_eq!(
+        other.open(p, false, false).await.unwrap_err().errno(),
+        libc::EACCES
+    );
+    let err = other
+        .rename(ROOT, "plain", ROOT, "adopted", false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.errno(),
+        libc::EACCES,
+        "a rename would seal it under our key"
+    );
+    // --allow-plain: served read-only, for a migration
+    let mut cfg = FsConfig::new("", 1000, 1000);
+    cfg.allow_plain = true;
+    let migrating = Fs::new(
+        cfg,
+        Arc::new(mem.with_key("k2")),
+        Arena::with_cap_unchecked(16 << 20),
+    );
+    let (p, _) = migrating.lookup(ROOT, "plain").await.unwrap();
+    assert_eq!(read_all(&migrating, p).await, b"hello");
+    let err = migrating.open(p, true, false).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES);
 }
 
 #[tokio::test]

@@ -904,6 +904,11 @@ pub enum ConnectError {
          https, or pass --allow-http if this is a trusted loopback or test server"
     )]
     PlainHttp(String),
+    #[error(
+        "refusing plain HTTP endpoint {url} from {origin}: the customer key would travel in \
+         clear text; use https, or pass --allow-http if this is a trusted loopback or test server"
+    )]
+    PlainHttpFrom { url: String, origin: String },
     #[error("endpoint {0} is not an http:// or https:// URL")]
     BadEndpoint(String),
     #[error("CA bundle {path}: {problem}")]
@@ -937,6 +942,36 @@ fn https_client_with_ca(
         .build_https())
 }
 
+/// Checks every request's scheme as it is sent, whatever configured the endpoint (a flag,
+/// the environment, a config file, a profile, a redirect the SDK followed): without
+/// `--allow-http` a request to an http:// URL never leaves, since it carries the key.
+#[derive(Debug)]
+struct HttpsOnly;
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for HttpsOnly {
+    fn name(&self) -> &'static str {
+        "ssecfs::HttpsOnly"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let uri = context.request().uri();
+        if uri.starts_with("https://") {
+            return Ok(());
+        }
+        let shown = uri.split('?').next().unwrap_or(uri);
+        Err(format!(
+            "refusing to send a request to {shown}: not https, and the customer key would travel \
+             in clear text (pass --allow-http for a trusted loopback or test server)"
+        )
+        .into())
+    }
+}
+
 /// Build an S3 client from the standard AWS chain plus our connection options.
 pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, ConnectError> {
     let endpoint = conn
@@ -961,6 +996,39 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
         loader = loader.region(aws_config::Region::new(r.clone()));
     }
     let shared = loader.load().await;
+    if endpoint.is_none() {
+        // The AWS config file can name an endpoint too (`endpoint_url` in the profile or in
+        // its `[services]` section): the same rule, and the refusal says where it came from.
+        let key = aws_types::service_config::ServiceConfigKey::builder()
+            .service_id("S3")
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .expect("all fields set");
+        let configured = shared
+            .service_config()
+            .and_then(|c| c.load_config(key))
+            .or_else(|| shared.endpoint_url().map(str::to_owned));
+        if let Some(url) = configured {
+            let source = format!(
+                "the AWS config file ({}, profile {})",
+                std::env::var("AWS_CONFIG_FILE").unwrap_or_else(|_| "~/.aws/config".into()),
+                conn.profile
+                    .clone()
+                    .or_else(|| std::env::var("AWS_PROFILE").ok())
+                    .unwrap_or_else(|| "default".into())
+            );
+            if url.starts_with("http://") && !conn.allow_http {
+                return Err(ConnectError::PlainHttpFrom {
+                    url,
+                    origin: source,
+                });
+            }
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(ConnectError::BadEndpoint(url));
+            }
+        }
+    }
     let mut b = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(conn.path_style || endpoint.is_some())
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
@@ -990,6 +1058,9 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
         );
     if shared.region().is_none() {
         b = b.region(aws_config::Region::new("us-east-1"));
+    }
+    if !conn.allow_http {
+        b = b.interceptor(HttpsOnly);
     }
     if let Some(ep) = endpoint {
         b = b.endpoint_url(ep);

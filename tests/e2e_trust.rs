@@ -1,0 +1,171 @@
+//! End-to-end, adversarial: the custody promises of SECURITY.md tried as an attacker or a
+//! careless user would — log filters aimed at the HTTP stack, an http:// endpoint from the
+//! AWS config file, objects planted by another client.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Every form of the key a log line could carry.
+fn key_forms(k: &Key) -> Vec<(&'static str, String)> {
+    let hex: String = k.bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let debug = format!("{:?}", k.bytes());
+    vec![
+        ("base64", k.base64()),
+        ("MD5", k.md5_base64()),
+        ("hex", hex),
+        ("byte list", debug[1..debug.len() - 1].to_owned()),
+    ]
+}
+
+/// Whatever `SSECFS_LOG` asks for — module-level directives under the SDK's orchestrator and
+/// signer, the HTTP stack, everything at trace — the key reaches no log line. The workload
+/// makes every kind of keyed request: PUT, GET, HEAD, CopyObject (rename, chmod, with the
+/// copy-source trio), multipart with UploadPartCopy (an edit of a big file).
+#[test]
+fn no_log_filter_gets_the_key_into_the_log() {
+    let filters = [
+        "aws_smithy_runtime::client::orchestrator=trace,aws_sigv4::http_request=trace",
+        "trace",
+        "aws_sigv4=trace,aws_sigv4::http_request::sign=trace,aws_smithy_runtime_api=trace",
+        "hyper=trace,hyper_util=trace,h2=trace,rustls=trace,aws_smithy_http_client=trace",
+        "aws_sdk_s3=trace,aws_runtime=trace,aws_smithy_runtime::client::http=trace,ssecfs=trace",
+    ];
+    for filter in filters {
+        let b = TestBucket::new();
+        std::env::set_var("SSECFS_LOG", filter);
+        let mut m = Mount::new(&b, &["--log-level", "trace"]);
+        std::env::remove_var("SSECFS_LOG");
+        fs::write(m.path("a"), b"hello").unwrap();
+        fs::rename(m.path("a"), m.path("b")).unwrap();
+        sh(&format!("chmod 600 '{}'", m.path("b").display()));
+        let _ = fs::read(m.path("b")).unwrap();
+        let big = random_bytes(12 << 20);
+        fs::write(m.path("big"), &big).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("big"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"E", 1).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        m.unmount();
+        let log = m.log();
+        assert!(
+            log.lines().count() > 5,
+            "{filter}: the log was written:\n{log}"
+        );
+        for (form, value) in key_forms(m.key()) {
+            if let Some(i) = log.find(&value) {
+                let from = log[..i].rfind('\n').map_or(0, |n| n + 1);
+                panic!(
+                    "SSECFS_LOG={filter}: the key ({form}) is in the log: {}",
+                    &log[from..(i + value.len()).min(log.len())]
+                );
+            }
+        }
+    }
+}
+
+/// An `endpoint_url = http://…` in the AWS config file (the profile's, or its `[services]`
+/// section's) is refused like `--endpoint http://…` without `--allow-http`, and the refusal
+/// names where the URL came from.
+#[test]
+fn an_http_endpoint_from_the_aws_config_file_is_refused() {
+    let dir = tempdir("aws-config");
+    let key = dir.path().join("key");
+    Key::random().write_file(&key);
+    let http = endpoint().replace("https://", "http://");
+    let config = dir.path().join("config");
+    let profile = format!("[default]\nregion = {}\nendpoint_url = {http}\n", region());
+    let services = format!(
+        "[default]\nregion = {}\nservices = s3-local\n\n[services s3-local]\ns3 =\n  endpoint_url = {http}\n",
+        region()
+    );
+    for (what, text) in [("profile", profile), ("services section", services)] {
+        fs::write(&config, text).unwrap();
+        let out = output_of(
+            Command::new(SSECFS)
+                .env_remove("AWS_ENDPOINT_URL")
+                .env_remove("AWS_ENDPOINT_URL_S3")
+                .env("AWS_CONFIG_FILE", &config)
+                .args(["check", "--key-file"])
+                .arg(&key)
+                .arg("some-bucket"),
+            Duration::from_secs(60),
+        );
+        let msg = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: check over http succeeded");
+        assert!(
+            msg.contains("http://") && msg.contains("--allow-http"),
+            "{what}: {msg}"
+        );
+        assert!(
+            msg.contains("AWS config"),
+            "{what}: the refusal names the config file: {msg}"
+        );
+    }
+}
+
+/// Another client with write access to the bucket and no key plants objects: one stored
+/// without SSE-C (with a setuid mode in its metadata), and a keyed-looking name with a
+/// setuid mode. The plain one is listed but not served (EACCES) and cannot be adopted by a
+/// rename or chmod; no mode from metadata carries setuid/setgid/sticky bits. `--allow-plain`
+/// serves it read-only, for a migration.
+#[test]
+fn planted_plain_objects_and_setuid_modes_are_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let b = TestBucket::new();
+    let key = Key::random();
+    let setuid = (libc::S_IFREG | 0o4755).to_string();
+    put(
+        b.name(),
+        "planted",
+        b"#!/bin/sh\necho owned\n",
+        None,
+        &[("mode", &setuid)],
+    );
+    put_with_key(b.name(), "keyed-suid", b"x", &key, &[("mode", &setuid)]);
+    let m = Mount::with_key(&b, &key, &[]);
+    for name in ["planted", "keyed-suid"] {
+        let mode = fs::metadata(m.path(name)).unwrap().mode();
+        assert_eq!(mode, libc::S_IFREG | 0o755, "{name}: {mode:o}");
+    }
+    let e = fs::read(m.path("planted")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    let e = fs::rename(m.path("planted"), m.path("adopted")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    assert!(
+        sh_output(&format!("chmod 644 '{}'", m.path("planted").display()))
+            .status
+            .code()
+            .is_some_and(|c| c != 0)
+    );
+    assert_eq!(fs::read(m.path("keyed-suid")).unwrap(), b"x");
+    assert!(
+        m.log().contains("planted") && m.log().contains("--allow-plain"),
+        "one log line names the object and how to proceed:\n{}",
+        m.log()
+    );
+    // it is still the planter's plain object, not sealed under our key by the attempts
+    assert_eq!(
+        get_without_key(b.name(), "planted").unwrap(),
+        b"#!/bin/sh\necho owned\n"
+    );
+    drop(m);
+
+    let m = Mount::with_key(&b, &key, &["--allow-plain"]);
+    assert_eq!(
+        fs::read(m.path("planted")).unwrap(),
+        b"#!/bin/sh\necho owned\n"
+    );
+    let e = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("planted"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+}
