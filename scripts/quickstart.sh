@@ -24,9 +24,9 @@ if [[ ${1:-} == --endpoint ]]; then
 	endpoint=$2 bucket=$3
 	shift 3
 	conn=(--endpoint "$endpoint" "$@") # e.g. --allow-http, only if you mean it
-	scripts/setup.sh --no-garage # apt packages, Rust
+	scripts/setup.sh --no-garage --no-deb # apt packages, Rust
 else
-	scripts/setup.sh # apt packages, Rust, Garage (a cold build takes ~10 min)
+	scripts/setup.sh --no-deb # apt packages, Rust, Garage (a cold build takes ~10 min)
 	env_lines=$(scripts/test-server.sh)
 	eval "$env_lines"
 	endpoint=$S3_ENDPOINT bucket=$S3_BUCKET local_garage=1

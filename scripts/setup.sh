@@ -4,21 +4,26 @@
 #
 #   scripts/setup.sh              everything
 #   scripts/setup.sh --no-garage  everything but Garage (quickstart against your own S3 server)
+#   scripts/setup.sh --no-deb     everything but cargo-deb (quickstart: no Debian package)
 #
 # Meant for Debian 12 (apt); runs as root, or uses sudo. Installs:
 #   apt:    fuse3 rsync stunnel4 openssl curl ca-certificates, build-essential if there is no `cc`
 #   Rust:   rustup (stable, minimal profile) with rustfmt and clippy, if there is no `cargo`
 #   Garage: scripts/test-server.sh install (`cargo install garage --locked`, ~10 min on 2 cores,
 #           kept in ~/.cargo/bin)
+#   cargo-deb: `cargo install cargo-deb --locked` (~3 min on 2 cores, kept in ~/.cargo/bin), for
+#           scripts/deb.sh and scripts/test-deb.sh
 # Nothing here depends on which python3 comes first on PATH: no Python is needed.
 # Progress goes to stderr; stdout stays empty.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 garage=1
+deb=1
 for a in "$@"; do
 	case $a in
 	--no-garage) garage=0 ;;
+	--no-deb) deb=0 ;;
 	-h | --help)
 		sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
 		exit 0
@@ -87,4 +92,12 @@ fi
 # --- Garage ----------------------------------------------------------------------------------
 if ((garage)); then
 	scripts/test-server.sh install
+fi
+
+# --- cargo-deb -------------------------------------------------------------------------------
+if ((deb)) && ! cargo deb --version >/dev/null 2>&1; then
+	v=${CARGO_DEB_VERSION:-3.8.0} # the version scripts/deb.sh was checked with
+	echo "setup.sh: no cargo-deb: cargo install cargo-deb --locked --version $v (~3 min on 2 cores)"
+	# own target dir (not the project's CARGO_TARGET_DIR), from a neutral cwd, like Garage
+	(cd / && env -u CARGO_TARGET_DIR cargo install cargo-deb --locked --version "$v")
 fi

@@ -8,10 +8,13 @@
 # If S3_ENDPOINT is unset, starts a fresh server with scripts/test-server.sh and stops it on exit;
 # if it is set (e.g. `eval "$(scripts/test-server.sh)"` already done, or .ci/run), uses that one.
 # TEST_THREADS (default 4) sets --test-threads unless given explicitly after `--`.
-# Installs what is missing first (scripts/setup.sh: apt packages, Rust, Garage). Builds into
-# $CARGO_TARGET_DIR (default ~/.cache/ssecfs-target, shared with the other scripts). Every test
-# binary runs even when one fails (--no-fail-fast); the output is also kept in
-# $CARGO_TARGET_DIR/test-logs/, and the last line says which binaries and tests failed.
+# Installs what is missing first (scripts/setup.sh: apt packages, Rust, Garage, cargo-deb).
+# Builds into $CARGO_TARGET_DIR (default ~/.cache/ssecfs-target, shared with the other scripts).
+# Every test binary runs even when one fails (--no-fail-fast). Then, for the whole suite (no
+# arguments) as root, scripts/test-deb.sh: the Debian package, installed, mounted from
+# /etc/fstab and removed (SSECFS_TEST_DEB=0 skips it, 1 runs it with arguments too). The output
+# is also kept in $CARGO_TARGET_DIR/test-logs/, and the last line says which binaries and tests
+# failed (and how the package test went).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ssecfs-target}
@@ -137,5 +140,44 @@ find "$logdir" -maxdepth 1 -name 'test-*.log' -printf '%T@ %p\n' | sort -rn | ta
 	while read -r old; do rm -f -- "$old"; done
 rc=0
 cargo test --release ${cargo_args[@]+"${cargo_args[@]}"} -- "${test_args[@]}" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
-summarize "$rc" "$log" >&2
+summary=$(summarize "$rc" "$log")
+
+# Then the Debian package: built, installed, mounted from /etc/fstab, removed (test-deb.sh);
+# with the whole suite (no arguments) as root. SSECFS_TEST_DEB=1 runs it anyway, 0 skips it.
+deb_why=
+case ${SSECFS_TEST_DEB:-} in
+0) deb_why="SSECFS_TEST_DEB=0" ;;
+1) ;;
+*)
+	if (($#)); then
+		deb_why="arguments given; SSECFS_TEST_DEB=1 runs it"
+	elif [[ $(id -u) != 0 ]]; then
+		deb_why="needs root"
+	fi
+	;;
+esac
+log_suffix=" Log: $log"
+body=${summary%"$log_suffix"}
+body=${body%.}
+if [[ -n $deb_why ]]; then
+	summary="$body; the Debian package test was skipped ($deb_why).$log_suffix"
+else
+	echo "test.sh: the Debian package (scripts/test-deb.sh)" >&2
+	deb_rc=0
+	scripts/test-deb.sh 2>&1 | tee -a "$log" || deb_rc=${PIPESTATUS[0]}
+	deb_last=$(grep -E '^test-deb.sh: (passed|FAILED)' "$log" | tail -n 1 || true)
+	deb_last=${deb_last#test-deb.sh: }
+	if ((deb_rc == 0)); then
+		summary="$body; the Debian package test ${deb_last:-passed}.$log_suffix"
+	else
+		((rc != 0)) || rc=$deb_rc
+		deb_last=${deb_last:-FAILED (exit $deb_rc)}
+		if [[ $body == "test.sh: FAILED: "* ]]; then
+			summary="$body; the Debian package test $deb_last.$log_suffix"
+		else
+			summary="test.sh: FAILED: the Debian package test $deb_last (scripts/test-deb.sh); ${body#test.sh: }.$log_suffix"
+		fi
+	fi
+fi
+echo "$summary" >&2
 exit "$rc"

@@ -6,14 +6,16 @@
 //! understood or, where they belong to mount(8) itself, accepted and ignored.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Mount an S3 bucket with SSE-C on every object; plaintext only in locked memory.
 #[derive(Debug, Parser)]
-#[command(name = "ssecfs", version, about, long_about = None)]
+#[command(name = "ssecfs", version, about, long_about = None, subcommands = generate_subcommands())]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -45,6 +47,35 @@ pub enum Command {
         /// A mountpoint of ssecfs.
         mountpoint: PathBuf,
     },
+}
+
+/// Subcommands that print what the clap definitions say (for shells and packaging). They are
+/// part of [`Cli`]'s command (help, completions, man pages) but not of [`Command`]: the binary
+/// answers them with [`generate`] before anything else runs.
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// Shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (ssecfs.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write them into (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// Names of the [`Generate`] subcommands.
+const GENERATE: &[&str] = &["completions", "manpages"];
+
+fn generate_subcommands() -> Vec<clap::Command> {
+    // listed after the others (clap adds these before the fields)
+    Generate::augment_subcommands(clap::Command::new("ssecfs"))
+        .get_subcommands()
+        .map(|c| c.clone().display_order(100))
+        .collect()
 }
 
 /// `ssecfs rotate` arguments.
@@ -398,6 +429,59 @@ pub fn split_source(source: &str) -> (String, String) {
     (bucket.to_owned(), prefix.trim_matches('/').to_owned())
 }
 
+/// `ssecfs completions SHELL` (script to stdout) and `ssecfs manpages DIR`; `None` for any
+/// other command line, which is the rest of the program's.
+pub fn generate(args: &[OsString]) -> Option<ExitCode> {
+    if !GENERATE.contains(&args.get(1)?.to_str()?) {
+        return None;
+    }
+    let parsed = Cli::command()
+        .try_get_matches_from(args)
+        .and_then(|m| Generate::from_arg_matches(&m));
+    let result = match parsed {
+        Ok(g) => run_generate(g, &mut std::io::stdout().lock()),
+        Err(e) => {
+            let _ = e.print();
+            return Some(ExitCode::from(if e.use_stderr() { 2 } else { 0 }));
+        }
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ssecfs: {e}");
+            ExitCode::from(1)
+        }
+    })
+}
+
+fn run_generate(g: Generate, out: &mut dyn Write) -> std::io::Result<()> {
+    match g {
+        Generate::Completions { shell } => {
+            // into memory first: clap_complete panics when a write fails (a closed pipe)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ssecfs", &mut script);
+            out.write_all(&script)?;
+            out.flush()
+        }
+        Generate::Manpages { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            // clap_mangen::generate_to, but every page says the version (subcommands have none)
+            let mut cmd = Cli::command().disable_help_subcommand(true);
+            cmd.build();
+            let source = format!("ssecfs {}", env!("CARGO_PKG_VERSION"));
+            let mut pages = vec![cmd];
+            while let Some(page) = pages.pop() {
+                pages.extend(page.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+                clap_mangen::Man::new(page)
+                    .source(source.clone())
+                    .generate_to(&dir)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,6 +593,56 @@ mod tests {
         .unwrap();
         let cli = Cli::try_parse_from(args).unwrap();
         assert!(matches!(cli.command, Command::Mount(m) if !m.foreground));
+    }
+
+    #[test]
+    fn completions_and_manpages() {
+        let gen = |args: &[&str]| {
+            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+            // they stay what they are through the mount(8) rewriting
+            assert_eq!(expand_args(args.clone()).unwrap().0, args);
+            let m = Cli::command().try_get_matches_from(args).unwrap();
+            Generate::from_arg_matches(&m).unwrap()
+        };
+        let mut out = Vec::new();
+        run_generate(gen(&["ssecfs", "completions", "bash"]), &mut out).unwrap();
+        let script = String::from_utf8(out).unwrap();
+        for word in ["ssecfs", "keygen", "rotate", "--key-file", "--cache-size"] {
+            assert!(
+                script.contains(word),
+                "{word} missing from the bash completions"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("man1");
+        let target = target.to_str().unwrap();
+        run_generate(gen(&["ssecfs", "manpages", target]), &mut Vec::new()).unwrap();
+        let mut pages: Vec<String> = std::fs::read_dir(target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        pages.sort();
+        let mut want: Vec<String> = [
+            "check",
+            "completions",
+            "keygen",
+            "mount",
+            "rotate",
+            "status",
+            "sync",
+        ]
+        .iter()
+        .map(|s| format!("ssecfs-{s}.1"))
+        .collect();
+        want.push("ssecfs.1".into());
+        want.sort();
+        assert_eq!(pages, want);
+        let mount = std::fs::read_to_string(dir.path().join("man1/ssecfs-mount.1")).unwrap();
+        assert!(mount.contains("cache\\-size"), "{mount}");
+        assert!(mount.contains(env!("CARGO_PKG_VERSION")), "{mount}");
+        // the generators are not mount sources, nor subcommands of the rest of the program
+        assert!(generate(&["ssecfs", "b", "/m"].map(OsString::from)).is_none());
+        assert!(Cli::try_parse_from(["ssecfs", "completions", "bash"]).is_err());
     }
 
     #[test]
