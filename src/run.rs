@@ -207,6 +207,39 @@ fn explain(e: &S3Error, bucket: &str, endpoint: &str) -> String {
     }
 }
 
+/// One write with SSE-C, read back and deleted. Refuses a bucket that blocks SSE-C writes
+/// (AWS's default for new buckets since April 2026: a generic 403 on PutObject) and a server
+/// that ignores SSE-C (its answer does not echo the algorithm and the key's MD5).
+async fn probe_sse_c_writes(
+    store: &AwsStore,
+    prefix: &str,
+    bucket: &str,
+    endpoint: &str,
+) -> Result<(), String> {
+    let probe = format!("{prefix}.ssecfs-probe-{}", std::process::id());
+    let body = bytes::Bytes::from_static(b"ssecfs probe");
+    match store.put(&probe, body, &Default::default()).await {
+        Ok(_) => {
+            let read = store.head(&probe).await;
+            let _ = store.delete(&probe).await;
+            read.map(|_| ()).map_err(|e| format!("probe object unreadable: {e}"))
+        }
+        Err(S3Error::AccessDenied(_)) => Err(format!(
+            "SSE-C writes are refused (403): the bucket probably blocks SSE-C \
+             (BlockedEncryptionTypes). Mount with --read-only to read it, or the owner can lift \
+             it with: aws s3api put-bucket-encryption --bucket {bucket} \
+             --server-side-encryption-configuration \
+             '{{\"Rules\":[{{\"ApplyServerSideEncryptionByDefault\":{{\"SSEAlgorithm\":\"AES256\"}},\"BlockedEncryptionTypes\":{{\"EncryptionType\":[\"NONE\"]}}}}]}}'"
+        )),
+        Err(e @ S3Error::SseIgnored { .. }) => {
+            // it may be stored in the clear: take it away again
+            let _ = store.delete(&probe).await;
+            Err(e.to_string())
+        }
+        Err(e) => Err(explain(&e, bucket, endpoint)),
+    }
+}
+
 /// What mount checks before it goes live: the bucket answers with these credentials, and
 /// the key opens at least one of the objects sampled (unless the bucket is empty).
 async fn preflight(
@@ -269,24 +302,12 @@ fn check(args: CheckArgs) -> ExitCode {
         }
         preflight(&store, &format_prefix(&prefix), &endpoint, true).await?;
         println!("ok   endpoint reachable, credentials valid, bucket `{bucket}` exists");
-        let probe = format!("{}.ssecfs-check-{}", format_prefix(&prefix), std::process::id());
-        match store.put(&probe, bytes::Bytes::from_static(b"ssecfs probe"), &Default::default()).await {
-            Ok(_) => {
-                store.head(&probe).await.map_err(|e| format!("probe object unreadable: {e}"))?;
-                let _ = store.delete(&probe).await;
-                println!("ok   SSE-C writes allowed");
-            }
-            Err(S3Error::AccessDenied(_)) => {
-                return Err(format!(
-                    "SSE-C writes are refused (403): the bucket probably blocks SSE-C \
-                     (BlockedEncryptionTypes). The owner can lift it with: aws s3api \
-                     put-bucket-encryption --bucket {bucket} --server-side-encryption-configuration \
-                     '{{\"Rules\":[{{\"ApplyServerSideEncryptionByDefault\":{{\"SSEAlgorithm\":\"AES256\"}},\"BlockedEncryptionTypes\":{{\"EncryptionType\":[\"NONE\"]}}}}]}}'"
-                ))
-            }
-            Err(e) => return Err(explain(&e, &bucket, &endpoint)),
-        }
-        let page = store.list(&format_prefix(&prefix), None, None, Some(20)).await.map_err(|e| e.to_string())?;
+        probe_sse_c_writes(&store, &format_prefix(&prefix), &bucket, &endpoint).await?;
+        println!("ok   SSE-C writes allowed, and the server confirmed it applied SSE-C");
+        let page = store
+            .list(&format_prefix(&prefix), None, None, Some(20))
+            .await
+            .map_err(|e| e.to_string())?;
         let (mut ok, mut wrong) = (0, 0);
         for o in page.objects.iter().filter(|o| !o.key.ends_with('/')) {
             match store.head(&o.key).await {
@@ -302,7 +323,10 @@ fn check(args: CheckArgs) -> ExitCode {
             Ok(ups) if ups.is_empty() => println!("ok   no incomplete multipart uploads"),
             Ok(ups) => {
                 let now = std::time::SystemTime::now();
-                let oldest = ups.iter().filter_map(|u| now.duration_since(u.initiated).ok()).max();
+                let oldest = ups
+                    .iter()
+                    .filter_map(|u| now.duration_since(u.initiated).ok())
+                    .max();
                 println!(
                     "note {} incomplete multipart upload(s) hold storage (oldest begun {} ago); \
                      a mount aborts those older than --abort-uploads-after (default 7d)",
@@ -620,6 +644,15 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     let store = rt.block_on(async {
         let store = connect(&m.conn, &prep.bucket, ring).await?;
         preflight(&store, &format_prefix(&prep.prefix), &endpoint, m.force).await?;
+        if !m.read_only {
+            probe_sse_c_writes(
+                &store,
+                &format_prefix(&prep.prefix),
+                &prep.bucket,
+                &endpoint,
+            )
+            .await?;
+        }
         Ok::<_, String>(store)
     })?;
     if let Some(age) = prep.abort_uploads_after {

@@ -169,3 +169,51 @@ fn planted_plain_objects_and_setuid_modes_are_refused() {
         .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
 }
+
+/// A server (or proxy) that ignores SSE-C stores what it is sent in the clear and says
+/// nothing: its answers lack the SSE-C echo. `check` and a read-write mount refuse it, with a
+/// message that says so; a write through a live mount that meets it fails (EIO) instead of
+/// reporting success.
+#[test]
+fn a_server_that_ignores_sse_c_is_refused() {
+    use common::faultproxy::{FaultProxy, Faults};
+    let b = TestBucket::new();
+    let key = Key::random();
+    let proxy = FaultProxy::start(&endpoint(), 3, Faults::default());
+    let mut m = Mount::through(b.name(), &key, &proxy.endpoint(), &[]);
+    proxy.hide_sse_c(true);
+    // (fs::write ignores the error of close(): fsync reports the failed upload)
+    let mut f = fs::File::create(m.path("f")).unwrap();
+    std::io::Write::write_all(&mut f, b"must not be stored as if encrypted").unwrap();
+    let e = f.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    drop(f);
+    // the unmount cannot store it either, and says so in its exit status
+    let stopped = m.stop().expect("the mount was running");
+    assert!(
+        !stopped.clean(),
+        "unmount must report the file it could not store"
+    );
+
+    let dir = tempdir("ignores-sse-c");
+    let key_file = dir.path().join("key");
+    key.write_file(&key_file);
+    let out = output_of(
+        Command::new(SSECFS)
+            .args(["check", "--allow-http", "--endpoint", &proxy.endpoint()])
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg(b.name()),
+        Duration::from_secs(120),
+    );
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "check passed a server that ignores SSE-C"
+    );
+    assert!(msg.contains("did not confirm SSE-C"), "{msg}");
+    let Err(err) = Mount::try_through_endpoint(b.name(), &key, &proxy.endpoint(), &[]) else {
+        panic!("a mount on a server that ignores SSE-C came up");
+    };
+    assert!(err.contains("did not confirm SSE-C"), "{err}");
+}

@@ -84,7 +84,7 @@ impl FsError {
                 S3Error::BadCredentials(_) => libc::EACCES,
                 S3Error::NoSuchBucket => libc::ENODEV,
                 S3Error::PreconditionFailed => libc::ESTALE,
-                S3Error::Transport(_) => libc::EIO,
+                S3Error::Transport(_) | S3Error::SseIgnored { .. } => libc::EIO,
                 S3Error::Other { status: 416, .. } => libc::EINVAL,
                 S3Error::Other { .. } => libc::EIO,
             },

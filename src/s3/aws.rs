@@ -273,6 +273,25 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
 }
 
 impl AwsStore {
+    /// A write's answer must echo SSE-C (AES256) and the MD5 of the key it was sealed with,
+    /// as AWS and Garage do: else the server ignored the headers and may hold plaintext.
+    fn confirm_sse_c(
+        &self,
+        op: &'static str,
+        key: &str,
+        algorithm: Option<&str>,
+        key_md5: Option<&str>,
+    ) -> S3Result<()> {
+        if algorithm == Some("AES256") && key_md5 == Some(self.key().md5_base64()) {
+            return Ok(());
+        }
+        tracing::error!(op, object = key, algorithm = ?algorithm, "the server did not confirm SSE-C for a write");
+        Err(S3Error::SseIgnored {
+            op,
+            key: key.to_owned(),
+        })
+    }
+
     /// One GET of `Σ len(bufs)` bytes at `offset`, filling `bufs` in order. The outer `Err` is
     /// a body failure to retry; the inner result is final.
     async fn get_range_once(
@@ -471,6 +490,12 @@ impl ObjectStore for AwsStore {
             .send()
             .await
             .map_err(map_err)?;
+        self.confirm_sse_c(
+            "PutObject",
+            key,
+            out.sse_customer_algorithm(),
+            out.sse_customer_key_md5(),
+        )?;
         Ok(out.e_tag().unwrap_or("").to_owned())
     }
 
@@ -509,6 +534,12 @@ impl ObjectStore for AwsStore {
             None => req.metadata_directive(MetadataDirective::Copy),
         };
         let out = req.send().await.map_err(map_err)?;
+        self.confirm_sse_c(
+            "CopyObject",
+            dst,
+            out.sse_customer_algorithm(),
+            out.sse_customer_key_md5(),
+        )?;
         Ok(out
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -606,6 +637,12 @@ impl ObjectStore for AwsStore {
         .send()
         .await
         .map_err(map_err)?;
+        self.confirm_sse_c(
+            "CreateMultipartUpload",
+            key,
+            out.sse_customer_algorithm(),
+            out.sse_customer_key_md5(),
+        )?;
         out.upload_id()
             .map(str::to_owned)
             .ok_or_else(|| S3Error::Other {

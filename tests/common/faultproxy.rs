@@ -111,6 +111,8 @@ struct Shared {
     stop: AtomicBool,
     /// CopyObject requests still to refuse with 403 (see [`FaultProxy::refuse_copies`]).
     copies_to_refuse: AtomicU64,
+    /// Remove the SSE-C echo from every answer (see [`FaultProxy::hide_sse_c`]).
+    hide_sse_c: AtomicBool,
 }
 
 /// The proxy; stops accepting on drop (connections in progress finish on their own).
@@ -139,6 +141,7 @@ impl FaultProxy {
             stats: FaultStats::default(),
             stop: AtomicBool::new(false),
             copies_to_refuse: AtomicU64::new(0),
+            hide_sse_c: AtomicBool::new(false),
         });
         let sh = shared.clone();
         std::thread::spawn(move || {
@@ -172,6 +175,12 @@ impl FaultProxy {
     /// without forwarding them: a policy or a server refusing one step of a flush.
     pub fn refuse_copies(&self, n: u64) {
         self.shared.copies_to_refuse.store(n, Ordering::SeqCst);
+    }
+
+    /// Answer like a server that ignores SSE-C (moto, s3s-fs): no answer carries the
+    /// `x-amz-server-side-encryption-customer-*` echo of what the server applied.
+    pub fn hide_sse_c(&self, on: bool) {
+        self.shared.hide_sse_c.store(on, Ordering::SeqCst);
     }
 
     /// CopyObject requests still to be refused.
@@ -551,6 +560,12 @@ fn serve(client: TcpStream, sh: &Shared) {
             close,
         } = resp;
         let mut close_after = close;
+        if sh.hide_sse_c.load(Ordering::SeqCst) {
+            head.headers.retain(|(k, _)| {
+                !k.to_ascii_lowercase()
+                    .starts_with("x-amz-server-side-encryption-customer")
+            });
+        }
         // A HEAD answer has no body to garble: a different Content-Length there is not a
         // framing error but a well-formed lie about the size, which no client can detect.
         let fault = match fault {

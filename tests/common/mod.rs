@@ -753,6 +753,17 @@ impl Mount {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Like [`Mount::through`], but a mount that does not come up is an `Err` with the
+    /// reason and the log (for tests that expect a refusal).
+    pub fn try_through_endpoint(
+        source: &str,
+        key: &Key,
+        endpoint: &str,
+        extra: &[&str],
+    ) -> Result<Mount, String> {
+        Mount::try_through(source, key, Some(endpoint.to_owned()), extra)
+    }
+
     fn try_through(
         source: &str,
         key: &Key,
