@@ -126,12 +126,8 @@ impl Fs {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::cache::arena::Arena;
     use crate::fs::{FsConfig, ROOT};
-    use crate::s3::failing::{FailKind, FailingStore};
     use crate::s3::mem::MemStore;
 
     /// `ssecfs sync` in write-back mode: what was closed but not uploaded shows as pending,
@@ -139,18 +135,13 @@ mod tests {
     #[tokio::test]
     async fn sync_stores_what_is_pending_and_keeps_what_failed() {
         let mem = MemStore::new("k");
-        let failing = Arc::new(FailingStore::new(
-            Arc::new(mem.clone()),
-            0,
-            FailKind::Refused,
-        ));
         let mut cfg = FsConfig::new("", 1000, 1000);
         cfg.write_back = Some(crate::fs::WriteBack {
             delay: std::time::Duration::from_secs(3600),
             max_pending: 64 << 20,
             concurrency: 2,
         });
-        let fs = Fs::new(cfg, failing.clone(), Arena::with_cap_unchecked(64 << 20));
+        let (failing, fs) = crate::fs::tests::failing_fs_on(&mem, cfg);
         assert!(fs.pending().is_empty());
         let (ino, _, fh) = fs.create(ROOT, "f", 0o644, 1000, 1000).await.unwrap();
         fs.write(ino, 0, b"closed, not uploaded").await.unwrap();

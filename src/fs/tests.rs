@@ -13,6 +13,22 @@ fn fs_on(mem: &MemStore) -> Arc<Fs> {
     )
 }
 
+/// A mount over `mem` through a [`FailingStore`] that fails nothing until told to
+/// (`fail_also`): for a test that fails one chosen request of a sequence.
+pub(super) fn failing_fs_on(
+    mem: &MemStore,
+    cfg: FsConfig,
+) -> (Arc<crate::s3::failing::FailingStore>, Arc<Fs>) {
+    use crate::s3::failing::{FailKind, FailingStore};
+    let failing = Arc::new(FailingStore::new(
+        Arc::new(mem.clone()),
+        0,
+        FailKind::Refused,
+    ));
+    let fs = Fs::new(cfg, failing.clone(), Arena::with_cap_unchecked(64 << 20));
+    (failing, fs)
+}
+
 fn write_back_fs_on(mem: &MemStore, delay: Duration, max_pending: u64) -> Arc<Fs> {
     let mut cfg = FsConfig::new("", 1000, 1000);
     cfg.write_back = Some(WriteBack {
@@ -649,18 +665,8 @@ async fn an_edit_never_copies_parts_of_a_version_another_client_wrote() {
 /// failure if it stays; the data waits in memory and a later close stores it.
 #[tokio::test]
 async fn a_failed_upload_at_release_is_reported_by_the_next_open() {
-    use crate::s3::failing::{FailKind, FailingStore};
     let mem = MemStore::new("k");
-    let failing = Arc::new(FailingStore::new(
-        Arc::new(mem.clone()),
-        0,
-        FailKind::Refused,
-    ));
-    let fs = Fs::new(
-        FsConfig::new("", 1000, 1000),
-        failing.clone(),
-        Arena::with_cap_unchecked(64 << 20),
-    );
+    let (failing, fs) = failing_fs_on(&mem, FsConfig::new("", 1000, 1000));
     let (ino, _, fh) = fs.create(ROOT, "m", 0o644, 1000, 1000).await.unwrap();
     fs.write(ino, 0, b"mapped pages").await.unwrap();
     failing.fail_also(failing.requests() + 1); // the PutObject of the release
@@ -678,16 +684,7 @@ async fn a_failed_upload_at_release_is_reported_by_the_next_open() {
 
     // the same, with the retry at open failing too: open reports it, a later close stores it
     let mem = MemStore::new("k");
-    let failing = Arc::new(FailingStore::new(
-        Arc::new(mem.clone()),
-        0,
-        FailKind::Refused,
-    ));
-    let fs = Fs::new(
-        FsConfig::new("", 1000, 1000),
-        failing.clone(),
-        Arena::with_cap_unchecked(64 << 20),
-    );
+    let (failing, fs) = failing_fs_on(&mem, FsConfig::new("", 1000, 1000));
     let (ino, _, fh) = fs.create(ROOT, "m", 0o644, 1000, 1000).await.unwrap();
     fs.write(ino, 0, b"mapped pages").await.unwrap();
     let n = failing.requests();
