@@ -10,8 +10,7 @@ use common::*;
 #[test]
 fn plaintext_written_through_the_mount_never_reaches_a_local_disk() {
     let bucket = TestBucket::new();
-    std::env::set_var("SSECFS_LOG", "trace");
-    let mut m = Mount::new(&bucket, &["--log-level", "trace"]);
+    let mut m = Mount::with_log_filter(&bucket, "trace", &["--log-level", "trace"]);
     // A marker that exists nowhere else: built at run time, never written anywhere but the mount.
     let marker = format!(
         "SSECFS-MARKER-{:016x}-{:08x}",
@@ -78,8 +77,7 @@ fn cache_in_use_is_locked_memory_and_process_is_not_dumpable() {
 #[test]
 fn key_never_appears_in_logs_argv_or_environment() {
     let bucket = TestBucket::new();
-    std::env::set_var("SSECFS_LOG", "trace");
-    let mut m = Mount::new(&bucket, &["--log-level", "trace"]);
+    let mut m = Mount::with_log_filter(&bucket, "trace", &["--log-level", "trace"]);
     fs::write(m.path("a"), b"hello").unwrap();
     fs::rename(m.path("a"), m.path("b")).unwrap();
     let _ = fs::read(m.path("b")).unwrap();

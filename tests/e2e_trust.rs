@@ -37,9 +37,7 @@ fn no_log_filter_gets_the_key_into_the_log() {
     ];
     for filter in filters {
         let b = TestBucket::new();
-        std::env::set_var("SSECFS_LOG", filter);
-        let mut m = Mount::new(&b, &["--log-level", "trace"]);
-        std::env::remove_var("SSECFS_LOG");
+        let mut m = Mount::with_log_filter(&b, filter, &["--log-level", "trace"]);
         fs::write(m.path("a"), b"hello").unwrap();
         fs::rename(m.path("a"), m.path("b")).unwrap();
         sh(&format!("chmod 600 '{}'", m.path("b").display()));

@@ -638,6 +638,9 @@ pub struct Mount {
     args: Vec<String>,
     /// Endpoint other than the test server's (e.g. a fault proxy in front of it).
     endpoint: Option<String>,
+    /// The daemon's `SSECFS_LOG`. Per mount, never through this process's environment:
+    /// tests run in parallel threads, and one test's `set_var` reached another's mount.
+    log_filter: String,
     dir: Option<TempDir>,
     mnt: Option<TempDir>,
     mnt_path: PathBuf,
@@ -672,6 +675,15 @@ fn exited_without_reaping(pid: u32) -> bool {
     };
     // SAFETY: si_pid is valid to read after a successful waitid (0 when nothing changed).
     r == 0 && unsafe { info.si_pid() } != 0
+}
+
+/// The developer's `SSECFS_LOG` as the test process first saw it (read once: no test may
+/// change what another's mount logs), else debug for ssecfs and warnings from the rest.
+fn default_log_filter() -> String {
+    static FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILTER
+        .get_or_init(|| std::env::var("SSECFS_LOG").unwrap_or_else(|_| "ssecfs=debug,warn".into()))
+        .clone()
 }
 
 /// How long one mount may live (env `SSECFS_E2E_MOUNT_DEADLINE` seconds, default 600).
@@ -764,12 +776,31 @@ impl Mount {
         Mount::try_through(source, key, Some(endpoint.to_owned()), extra)
     }
 
+    /// Mount `bucket` with `SSECFS_LOG=filter` for the daemon (and a new random key).
+    pub fn with_log_filter(bucket: &TestBucket, filter: &str, extra: &[&str]) -> Mount {
+        Mount::try_mount(bucket.name(), &Key::random(), None, extra, Some(filter))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn try_through(
         source: &str,
         key: &Key,
         endpoint: Option<String>,
         extra: &[&str],
     ) -> Result<Mount, String> {
+        Mount::try_mount(source, key, endpoint, extra, None)
+    }
+
+    /// The one constructor. `log_filter` None: the developer's `SSECFS_LOG` if set when the
+    /// suite started, else debug for ssecfs and warnings from the rest.
+    fn try_mount(
+        source: &str,
+        key: &Key,
+        endpoint: Option<String>,
+        extra: &[&str],
+        log_filter: Option<&str>,
+    ) -> Result<Mount, String> {
+        let log_filter = log_filter.map_or_else(default_log_filter, str::to_owned);
         let dir = tempdir("e2e-state-");
         let mnt = tempdir("e2e-mnt-");
         let mnt_path = mnt
@@ -784,6 +815,7 @@ impl Mount {
             key: key.clone(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             endpoint,
+            log_filter,
             dir: Some(dir),
             mnt: Some(mnt),
             mnt_path,
@@ -812,10 +844,7 @@ impl Mount {
             .arg(&self.source)
             .arg(&self.mnt_path)
             .env("NO_COLOR", "1")
-            .env(
-                "SSECFS_LOG",
-                std::env::var("SSECFS_LOG").unwrap_or_else(|_| "ssecfs=debug,warn".into()),
-            );
+            .env("SSECFS_LOG", &self.log_filter);
         cmd
     }
 
