@@ -7,7 +7,8 @@
 #   scripts/setup.sh --no-deb     everything but cargo-deb (quickstart: no Debian package)
 #
 # Meant for Debian 12 (apt); runs as root, or uses sudo. Installs:
-#   apt:    fuse3 rsync stunnel4 openssl curl ca-certificates, build-essential if there is no `cc`
+#   apt:    fuse3 rsync stunnel4 openssl curl ca-certificates gdb (gcore, for the core-dump test),
+#           build-essential if there is no `cc`
 #   Rust:   rustup (stable, minimal profile) with rustfmt and clippy, if there is no `cargo`
 #   Garage: scripts/test-server.sh install (`cargo install garage --locked`, ~10 min on 2 cores,
 #           kept in ~/.cargo/bin)
@@ -52,7 +53,7 @@ as_root() {
 }
 
 # --- system packages -------------------------------------------------------------------------
-packages=(fuse3 rsync stunnel4 openssl curl ca-certificates)
+packages=(fuse3 rsync stunnel4 openssl curl ca-certificates gdb)
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
 	installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 	missing=()
@@ -68,7 +69,7 @@ if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
 	fi
 else
 	# not Debian: say what is missing, install nothing
-	for t in fusermount3 rsync stunnel4 openssl curl cc; do
+	for t in fusermount3 rsync stunnel4 openssl curl gcore cc; do
 		command -v "$t" >/dev/null 2>&1 || echo "setup.sh: WARNING: no apt here and '$t' is missing; install it by hand"
 	done
 fi

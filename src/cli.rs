@@ -185,6 +185,12 @@ pub struct MountArgs {
     /// default they are refused: anyone with write access to the bucket could have put them
     #[arg(long)]
     pub allow_plain: bool,
+    /// Lock only the cache and the key instead of all of the daemon's memory. By default
+    /// every page of the daemon is locked (mlockall), so transient copies of the key's headers
+    /// and of file data in the HTTP stack never reach swap; that needs RLIMIT_MEMLOCK
+    /// unlimited (`LimitMEMLOCK=infinity`, `ulimit -l unlimited`) or CAP_IPC_LOCK (root)
+    #[arg(long)]
+    pub no_mlockall: bool,
     /// Keep setuid, setgid and sticky bits found in object metadata (by default dropped: the
     /// metadata is not authenticated)
     #[arg(long)]

@@ -73,30 +73,45 @@ pub enum KeyError {
 }
 
 /// An SSE-C customer key. Not `Clone`: there is one copy, in locked memory.
+///
+/// The raw key and the two header forms every request needs (its base64 and the base64 of its
+/// MD5) share one locked, don't-dump page: none of them lives in the heap for the life of the
+/// mount. Layout of `locked`: `[raw 32][base64 44][md5 base64 24]`.
 pub struct CustomerKey {
-    raw: LockedBuf,
-    base64: Zeroizing<String>,
-    md5_base64: String,
+    locked: LockedBuf,
     fingerprint: String,
 }
+
+/// Length of the base64 text of a 32-byte key.
+const BASE64_LEN: usize = 44;
+/// Length of the base64 text of a 16-byte MD5.
+const MD5_BASE64_LEN: usize = 24;
+const BASE64_AT: usize = KEY_LEN;
+const MD5_AT: usize = BASE64_AT + BASE64_LEN;
 
 impl CustomerKey {
     /// Build a key from 32 raw bytes (which the caller should wipe).
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Result<CustomerKey, KeyError> {
         let arena = Arena::with_cap_unchecked(4096);
-        let mut raw = arena
-            .try_alloc(KEY_LEN)
+        let mut locked = arena
+            .try_alloc(MD5_AT + MD5_BASE64_LEN)
             .expect("a fresh arena has room for the key")
             .map_err(|e| KeyError::Lock(e.to_string()))?;
-        raw.copy_from_slice(bytes);
         let b64 = base64::engine::general_purpose::STANDARD;
-        let base64 = Zeroizing::new(b64.encode(&raw[..]));
-        let md5_base64 = b64.encode(md5::Md5::digest(&raw[..]));
-        let fingerprint = fingerprint_of(&raw);
+        let (raw, forms) = locked.split_at_mut(KEY_LEN);
+        raw.copy_from_slice(bytes);
+        let (text, md5_text) = forms.split_at_mut(BASE64_LEN);
+        let written = b64
+            .encode_slice(&raw[..], text)
+            .expect("44 bytes hold the base64 of 32");
+        debug_assert_eq!(written, BASE64_LEN);
+        // the digest lives on the stack for a moment: wiped as it goes out of scope
+        let digest = Zeroizing::new(<[u8; 16]>::from(md5::Md5::digest(&raw[..])));
+        b64.encode_slice(&digest[..], md5_text)
+            .expect("24 bytes hold the base64 of 16");
+        let fingerprint = fingerprint_of(raw);
         Ok(CustomerKey {
-            raw,
-            base64,
-            md5_base64,
+            locked,
             fingerprint,
         })
     }
@@ -197,12 +212,12 @@ impl CustomerKey {
 
     /// Base64 of the key, for the `…-customer-key` header. Handle with care.
     pub fn base64(&self) -> &str {
-        &self.base64
+        ascii(&self.locked[BASE64_AT..MD5_AT])
     }
 
     /// Base64 of the MD5 of the raw key, for the `…-customer-key-MD5` header.
     pub fn md5_base64(&self) -> &str {
-        &self.md5_base64
+        ascii(&self.locked[MD5_AT..MD5_AT + MD5_BASE64_LEN])
     }
 
     /// A fingerprint safe to print and store: HMAC-SHA256 of a fixed label under the key,
@@ -214,7 +229,7 @@ impl CustomerKey {
 
     /// The raw 32 bytes (locked memory).
     pub fn raw(&self) -> &[u8] {
-        &self.raw
+        &self.locked[..KEY_LEN]
     }
 }
 
@@ -237,7 +252,11 @@ pub fn read_keys(paths: &[PathBuf]) -> Result<Vec<(CustomerKey, String)>, KeyErr
     Ok(keys)
 }
 
-/// Read a key file after checking it is a private regular file (at most 4 KiB are read).
+/// The most of a key file that is read: a ring of 255 keys with comments fits.
+const MAX_KEY_FILE: usize = 64 * 1024;
+
+/// Read a key file after checking it is a private regular file (at most [`MAX_KEY_FILE`]
+/// bytes are read).
 fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
@@ -256,13 +275,20 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
             mode,
         });
     }
-    let mut content = Zeroizing::new(Vec::with_capacity(64));
+    // Room for the whole file up front: a growing Vec would free (unwiped) copies of the
+    // key's first bytes on each reallocation.
+    let mut content = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE + 1));
     std::fs::File::open(path)
         .map_err(io)?
-        .take(64 * 1024)
+        .take(MAX_KEY_FILE as u64)
         .read_to_end(&mut content)
         .map_err(io)?;
     Ok(content)
+}
+
+/// The base64 text written by [`CustomerKey::from_bytes`] (ASCII by construction).
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("base64 text is ASCII")
 }
 
 fn fingerprint_of(raw: &[u8]) -> String {

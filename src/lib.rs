@@ -5,13 +5,15 @@
 //! attributes, errno) → [`upload`] (write path) and [`cache`] (locked arena, block cache) →
 //! [`s3`] (the only code that builds requests). [`key`] holds the customer key; [`cli`]
 //! parses the command line and mount options; [`run`] wires it all together, [`log`] says
-//! what happened and [`control`] answers `ssecfs sync` and `ssecfs status`.
+//! what happened and [`control`] answers `ssecfs sync` and `ssecfs status`; [`harden`] keeps
+//! the process's memory out of swap and core files.
 
 pub mod cache;
 pub mod cli;
 pub mod control;
 pub mod fs;
 pub mod fuse;
+pub mod harden;
 pub mod key;
 pub mod log;
 pub mod run;

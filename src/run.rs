@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::cache::arena::{forbid_core_dumps, Arena};
+use crate::cache::arena::Arena;
 use crate::cli::{self, CheckArgs, Cli, Command, ConnectionArgs, MountArgs, RotateArgs};
 use crate::fs::{Fs, FsConfig};
+use crate::harden::forbid_core_dumps;
 use crate::key::{CustomerKey, KeyRing};
 use crate::s3::aws::{build_client, AwsStore, Connection};
 use crate::s3::{ObjectStore, S3Error};
@@ -440,6 +441,9 @@ struct Prepared {
 }
 
 fn prepare(m: &MountArgs) -> Result<Prepared, String> {
+    if !m.no_mlockall {
+        crate::harden::check_lock_all().map_err(|e| e.to_string())?;
+    }
     drop(load_ring(&m.conn)?);
     connection(&m.conn)?;
     let (bucket, prefix) = cli::split_source(&m.source);
@@ -631,6 +635,14 @@ fn redirect_stdio() {
 
 /// Mount and serve until unmounted; `ready` hears "OK" (and is closed) once the mount is live.
 fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
+    // before the key is loaded and any thread exists: every page from here on is locked
+    // (mlockall is not inherited across fork, so it is done here, in the daemon)
+    if m.no_mlockall {
+        tracing::info!("--no-mlockall: only the cache and the key are locked memory");
+    } else {
+        crate::harden::lock_all_memory().map_err(|e| e.to_string())?;
+        tracing::debug!("all of the daemon's memory is locked (mlockall)");
+    }
     let ring = load_ring(&m.conn)?;
     let fingerprints: Vec<String> = ring.iter().map(|k| k.fingerprint().to_owned()).collect();
     let arena = Arena::new(prep.cache_size as usize, prep.shrink).map_err(|e| e.to_string())?;

@@ -55,7 +55,7 @@ fn sync_returns_when_everything_is_stored_and_status_reports_it() {
         "failed uploads: 0",
         "mode: write-back",
         "key fingerprint: ",
-        "locked memory (VmLck): ",
+        "memory locked: all of it (mlockall)",
     ] {
         assert!(status.contains(want), "status lacks {want:?}:\n{status}");
     }

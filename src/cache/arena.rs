@@ -430,7 +430,7 @@ fn raise_memlock_limit(needed: u64) -> u64 {
 }
 
 /// CAP_IPC_LOCK lets a process lock memory beyond RLIMIT_MEMLOCK (root in most setups).
-fn has_cap_ipc_lock() -> bool {
+pub(crate) fn has_cap_ipc_lock() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -440,14 +440,6 @@ fn has_cap_ipc_lock() -> bool {
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
-}
-
-/// Make the process non-dumpable: no core files, no ptrace by other users, /proc/PID/mem closed.
-pub fn forbid_core_dumps() {
-    // SAFETY: PR_SET_DUMPABLE takes an integer argument and has no memory effects.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
 }
 
 /// A buffer of locked memory. Its bytes are zeroed before it is handed out again, and it
@@ -524,10 +516,15 @@ impl Drop for LockedBuf {
 
 /// Read VmLck (locked memory, bytes) of this process from /proc, for tests and stats.
 pub fn vm_locked_bytes() -> Option<u64> {
+    proc_status_bytes("VmLck:")
+}
+
+/// A `kB` field of /proc/self/status (`VmLck:`, `VmRSS:`), in bytes.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmLck:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| kb * 1024)

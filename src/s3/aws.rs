@@ -275,17 +275,19 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
 impl AwsStore {
     /// A write's answer must echo SSE-C (AES256) and the MD5 of the key it was sealed with,
     /// as AWS and Garage do: else the server ignored the headers and may hold plaintext.
+    /// Reads too: a GET or HEAD answered under a key must say it was opened with that key.
     fn confirm_sse_c(
         &self,
         op: &'static str,
         key: &str,
+        sealed_with: &CustomerKey,
         algorithm: Option<&str>,
         key_md5: Option<&str>,
     ) -> S3Result<()> {
-        if algorithm == Some("AES256") && key_md5 == Some(self.key().md5_base64()) {
+        if algorithm == Some("AES256") && key_md5 == Some(sealed_with.md5_base64()) {
             return Ok(());
         }
-        tracing::error!(op, object = key, algorithm = ?algorithm, "the server did not confirm SSE-C for a write");
+        tracing::error!(op, object = key, algorithm = ?algorithm, "the server did not confirm SSE-C");
         Err(S3Error::SseIgnored {
             op,
             key: key.to_owned(),
@@ -312,10 +314,12 @@ impl AwsStore {
         if let Some(etag) = etag {
             req = req.if_match(etag);
         }
-        match self.key_of(sealing) {
-            Ok(Some(k)) => req = with_key!(req, k),
-            Ok(None) => {}
+        let opener = match self.key_of(sealing) {
+            Ok(k) => k,
             Err(e) => return Ok(Err(e)),
+        };
+        if let Some(k) = opener {
+            req = with_key!(req, k);
         }
         let out = match req.send().await {
             Ok(out) => out,
@@ -327,6 +331,17 @@ impl AwsStore {
                 return Ok(Err(err));
             }
         };
+        if let Some(k) = opener {
+            if let Err(e) = self.confirm_sse_c(
+                "GetObject",
+                key,
+                k,
+                out.sse_customer_algorithm(),
+                out.sse_customer_key_md5(),
+            ) {
+                return Ok(Err(e));
+            }
+        }
         // How many bytes the answer must carry: the range it says it holds. Without a
         // Content-Range only a full buffer, or a whole object from offset 0, is believable.
         let expected = match out.content_range().map(parse_content_range) {
@@ -398,8 +413,25 @@ impl ObjectStore for AwsStore {
         for (i, k) in self.ring.iter().enumerate() {
             let req = self.client.head_object().bucket(&self.bucket).key(key);
             match with_key!(req, k).send().await.map_err(map_err) {
+                // Only an answer that says the key opened it proves the object is sealed: a
+                // server that ignores SSE-C answers any HEAD. Not proven, not sealed (the
+                // filesystem refuses plain objects unless --allow-plain).
                 Ok(out) => {
-                    found = Some((out, Sealing::Key(i as u8)));
+                    let proven = self
+                        .confirm_sse_c(
+                            "HeadObject",
+                            key,
+                            k,
+                            out.sse_customer_algorithm(),
+                            out.sse_customer_key_md5(),
+                        )
+                        .is_ok();
+                    let sealing = if proven {
+                        Sealing::Key(i as u8)
+                    } else {
+                        Sealing::Plain
+                    };
+                    found = Some((out, sealing));
                     break;
                 }
                 // Garage says 400 for a wrong key, AWS 403: try the next key of the ring.
@@ -493,6 +525,7 @@ impl ObjectStore for AwsStore {
         self.confirm_sse_c(
             "PutObject",
             key,
+            self.key(),
             out.sse_customer_algorithm(),
             out.sse_customer_key_md5(),
         )?;
@@ -537,6 +570,7 @@ impl ObjectStore for AwsStore {
         self.confirm_sse_c(
             "CopyObject",
             dst,
+            self.key(),
             out.sse_customer_algorithm(),
             out.sse_customer_key_md5(),
         )?;
@@ -640,6 +674,7 @@ impl ObjectStore for AwsStore {
         self.confirm_sse_c(
             "CreateMultipartUpload",
             key,
+            self.key(),
             out.sse_customer_algorithm(),
             out.sse_customer_key_md5(),
         )?;
@@ -676,6 +711,13 @@ impl ObjectStore for AwsStore {
         .send()
         .await
         .map_err(map_err)?;
+        self.confirm_sse_c(
+            "UploadPart",
+            key,
+            self.key(),
+            out.sse_customer_algorithm(),
+            out.sse_customer_key_md5(),
+        )?;
         match out.e_tag() {
             Some(e) if !e.is_empty() => Ok(CompletedPart {
                 number,
@@ -713,6 +755,13 @@ impl ObjectStore for AwsStore {
             req = with_source_key!(req, k);
         }
         let out = req.send().await.map_err(map_err)?;
+        self.confirm_sse_c(
+            "UploadPartCopy",
+            key,
+            self.key(),
+            out.sse_customer_algorithm(),
+            out.sse_customer_key_md5(),
+        )?;
         let result = out.copy_part_result();
         Ok(CompletedPart {
             number,
@@ -971,12 +1020,30 @@ fn https_client_with_ca(
         .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
         .build()
         .map_err(|e| bad(e.to_string()))?;
-    Ok(aws_smithy_http_client::Builder::new()
+    Ok(http_client(Some(context)))
+}
+
+/// How long an idle connection is kept. Short, because a pooled connection keeps its last
+/// request head (the key's headers) and its last answer (plaintext) in buffers that only its
+/// close frees, and then the wiping allocator clears them; a busy mount reuses connections
+/// long before this, an idle one pays one TLS handshake when it wakes.
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(5);
+
+/// The HTTP client every store uses: rustls with aws-lc (as the SDK's default), `context`'s
+/// trust store if given, idle connections closed after [`IDLE_CONNECTION`].
+fn http_client(
+    context: Option<aws_smithy_http_client::tls::TlsContext>,
+) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    let b = aws_smithy_http_client::Builder::new()
+        .pool_idle_timeout(IDLE_CONNECTION)
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(context)
-        .build_https())
+        ));
+    match context {
+        Some(c) => b.tls_context(c).build_https(),
+        None => b.build_https(),
+    }
 }
 
 /// Checks every request's scheme as it is sent, whatever configured the endpoint (a flag,
@@ -1102,9 +1169,10 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
     if let Some(ep) = endpoint {
         b = b.endpoint_url(ep);
     }
-    if let Some(ca) = &conn.ca_bundle {
-        b = b.http_client(https_client_with_ca(ca)?);
-    }
+    b = b.http_client(match &conn.ca_bundle {
+        Some(ca) => https_client_with_ca(ca)?,
+        None => http_client(None),
+    });
     Ok(aws_sdk_s3::Client::from_conf(b.build()))
 }
 
@@ -1189,6 +1257,14 @@ mod tests {
         answer
     }
 
+    /// `answer` with the SSE-C echo a server that applied key `k` sends.
+    fn echoing(mut answer: HttpResponse, k: &CustomerKey) -> HttpResponse {
+        let h = answer.headers_mut();
+        h.insert(ALG, "AES256");
+        h.insert(MD5, k.md5_base64().to_owned());
+        answer
+    }
+
     fn assert_trio(req: &aws_smithy_runtime_api::http::Request, k: &CustomerKey, copy: bool) {
         let h = req.headers();
         assert_eq!(h.get(ALG), Some("AES256"), "{:?}", req.uri());
@@ -1203,6 +1279,57 @@ mod tests {
         }
     }
 
+    /// A server that ignores SSE-C answers reads too, with whatever it holds: a GET under a
+    /// key whose answer does not say the key opened it is refused, and a HEAD that does not
+    /// say so does not prove the object sealed.
+    #[tokio::test]
+    async fn reads_are_believed_only_with_the_sse_c_echo() {
+        let k = key();
+        let mut buf = [0u8; 10];
+        let (s, _rx) = store_answering(
+            KeyRing::single(key()),
+            Some(ranged_answer(b"0123456789", 0, 10)),
+        );
+        let e = s
+            .get_range("a", 0, &mut buf, None, Sealing::PRIMARY)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                S3Error::SseIgnored {
+                    op: "GetObject",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let other = CustomerKey::from_bytes(&[7u8; 32]).unwrap();
+        let (s, _rx) = store_answering(
+            KeyRing::single(key()),
+            Some(echoing(ranged_answer(b"0123456789", 0, 10), &other)),
+        );
+        assert!(s
+            .get_range("a", 0, &mut buf, None, Sealing::PRIMARY)
+            .await
+            .is_err());
+
+        let mut head = HttpResponse::new(
+            200.try_into().unwrap(),
+            aws_smithy_types::body::SdkBody::empty(),
+        );
+        head.headers_mut().insert("content-length", "10");
+        let (s, _rx) = store_answering(KeyRing::single(key()), Some(head));
+        assert_eq!(s.head("a").await.unwrap().sealing, Sealing::Plain);
+        let mut head = HttpResponse::new(
+            200.try_into().unwrap(),
+            aws_smithy_types::body::SdkBody::empty(),
+        );
+        head.headers_mut().insert("content-length", "10");
+        let (s, _rx) = store_answering(KeyRing::single(key()), Some(echoing(head, &k)));
+        assert_eq!(s.head("a").await.unwrap().sealing, Sealing::PRIMARY);
+    }
+
     #[tokio::test]
     async fn every_data_operation_carries_the_key() {
         let k = key();
@@ -1214,7 +1341,7 @@ mod tests {
         assert_trio(&rx.expect_request(), &k, false);
 
         // (a believable answer: an empty one would be retried, and this client answers once)
-        let answer = ranged_answer(b"0123456789", 5, 100);
+        let answer = echoing(ranged_answer(b"0123456789", 5, 100), &k);
         let (s, rx) = store_answering(KeyRing::single(key()), Some(answer));
         assert_eq!(
             s.get_range("a", 5, &mut buf, None, Sealing::PRIMARY)

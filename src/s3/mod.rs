@@ -116,12 +116,13 @@ pub enum S3Error {
     BadCredentials(String),
     #[error("cannot reach the endpoint: {0}")]
     Transport(String),
-    /// A write's answer did not confirm SSE-C under the key sent: a server (or proxy) that
-    /// ignores the headers stores plaintext (moto, s3s-fs) and must not be written to.
+    /// An answer did not confirm SSE-C under the key sent: a server (or proxy) that ignores
+    /// the headers stores plaintext (moto, s3s-fs) and must not be written to or believed.
     #[error(
         "{op} of {key}: the server did not confirm SSE-C (its answer lacks \
-         x-amz-server-side-encryption-customer-algorithm: AES256 with this key's MD5), so it may \
-         have stored the data unencrypted; ssecfs does not write to servers that ignore SSE-C"
+         x-amz-server-side-encryption-customer-algorithm: AES256 with this key's MD5): it \
+         ignores SSE-C, so it may store data unencrypted, or the object is not sealed under \
+         this key; ssecfs neither writes to such a server nor believes its answers"
     )]
     SseIgnored { op: &'static str, key: String },
     #[error("S3 error {status} {code}: {message}")]
