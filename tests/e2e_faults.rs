@@ -417,7 +417,7 @@ fn malformed_answers_give_eio_and_the_daemon_lives() {
     }
     let log = m.log();
     assert!(
-        log.contains("MalformedResponse") || log.contains("unreadable response"),
+        log.contains("MalformedResponse") || log.contains("unreadable answer"),
         "no log line names the malformed answers:\n{}",
         log_excerpt(m.log_path())
     );

@@ -86,7 +86,7 @@ impl FsError {
                 S3Error::PreconditionFailed => libc::ESTALE,
                 S3Error::Transport(_) | S3Error::SseIgnored { .. } => libc::EIO,
                 S3Error::Other { status: 416, .. } => libc::EINVAL,
-                S3Error::Other { .. } => libc::EIO,
+                S3Error::Other { .. } | S3Error::Unreadable { .. } => libc::EIO,
             },
         }
     }

@@ -258,15 +258,28 @@ async fn invalid_names_are_skipped_and_long_names_refused() {
     mem.insert_plain("a//b", b"");
     mem.insert_plain("ok", b"");
     mem.insert_plain(&"n".repeat(300), b"");
+    for unholdable in ["//e", "./z", "../up"] {
+        mem.insert_plain(unholdable, b"");
+    }
+    // (control characters are fine in a path)
+    mem.insert_plain("c\x01d", b"");
     let fs = fs_on(&mem);
-    let fh = fs.opendir(ROOT).await.unwrap();
-    let names: Vec<String> = fs
-        .readdir(fh, 0)
-        .unwrap()
-        .into_iter()
-        .map(|(_, e)| e.name)
-        .collect();
-    assert_eq!(names, vec![".", "..", "a", "ok"]);
+    let names = |ino| {
+        let fs = &fs;
+        async move {
+            let fh = fs.opendir(ino).await.unwrap();
+            let names: Vec<String> = fs
+                .readdir(fh, 0)
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e.name)
+                .collect();
+            names
+        }
+    };
+    assert_eq!(names(ROOT).await, vec![".", "..", "a", "c\x01d", "ok"]);
+    let (a, _) = fs.lookup(ROOT, "a").await.unwrap();
+    assert_eq!(names(a).await, vec![".", ".."], "a//b has an empty name");
     let err = fs.lookup(ROOT, &"n".repeat(256)).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
 }

@@ -9,21 +9,26 @@
 //! with jitter, no shared retry quota); a ranged GET whose body breaks or disagrees with its
 //! headers is retried here. Answers are checked before they are believed (Content-Range of a
 //! GET, Content-Length of a HEAD, listing entries, part ETags): a garbled answer is an error
-//! (`MalformedResponse`, EIO), never a short file.
+//! (`MalformedResponse`, EIO), never a short file. Listings ask for URL-encoded names
+//! (`encoding-type=url`, decoded here): a name holding a character XML 1.0 cannot carry would
+//! otherwise make the whole answer unreadable. Every error names its request ([`map_err`]).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, MetadataDirective};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, EncodingType, MetadataDirective,
+};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
 
 use super::{
     crc32c_base64, CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore,
-    PartSource, PendingUpload, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    PartSource, PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 use crate::key::{CustomerKey, KeyRing};
 
@@ -52,6 +57,8 @@ pub struct AwsStore {
     client: aws_sdk_s3::Client,
     bucket: String,
     ring: Arc<KeyRing>,
+    /// Listed names already logged as undecodable: one line per name, not one per listing.
+    warned: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for AwsStore {
@@ -70,7 +77,32 @@ impl AwsStore {
             client,
             bucket,
             ring,
+            warned: Mutex::default(),
         }
+    }
+
+    /// A name of a listing as stored: URL-decoded when the answer says it is encoded. `None`
+    /// for one that does not decode to UTF-8 (a server's garble, or a name no request could
+    /// send back): skipped with one log line, so its neighbours are still listed.
+    fn decoded(&self, op: &'static str, encoded: bool, raw: &str) -> Option<String> {
+        if !encoded {
+            return Some(raw.to_owned());
+        }
+        let name = url_decode(raw);
+        if name.is_none() {
+            let mut warned = self.warned.lock().unwrap();
+            if warned.len() >= WARNED_MAX {
+                warned.clear(); // (bounded: a bucket of garbled names repeats a line at worst)
+            }
+            if warned.insert(raw.to_owned()) {
+                tracing::warn!(
+                    op,
+                    entry = raw,
+                    "a listed name does not URL-decode to UTF-8; skipped"
+                );
+            }
+        }
+        name
     }
 
     /// Fingerprint of the key that seals new writes (safe to print).
@@ -117,6 +149,37 @@ impl AwsStore {
     }
 }
 
+/// How many undecodable names [`AwsStore::decoded`] remembers having logged.
+const WARNED_MAX: usize = 1024;
+
+/// Decode a name of an answer to `encoding-type=url`: `%XX` escapes, and `+` for a space (AWS
+/// encodes a space so; a literal `+` always comes as `%2B`). `None` for a malformed escape or
+/// bytes that are not UTF-8.
+fn url_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let digit = |c: u8| (c as char).to_digit(16);
+                out.push((digit(hex[0])? * 16 + digit(hex[1])?) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Percent-encode an object key for `x-amz-copy-source` (slashes kept).
 fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
@@ -135,50 +198,96 @@ fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// The error mapper for one request: `.map_err(map_err(Request::object("HeadObject", key)))`.
+/// The one place where an SDK error becomes an [`S3Error`], so each one names its operation and
+/// object (or prefix) along with what the server said.
+fn map_err<E>(req: Request) -> impl FnOnce(SdkError<E, HttpResponse>) -> S3Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    move |e| sdk_error(req, e)
+}
+
 /// Map an SDK error to [`S3Error`] by HTTP status and error code.
-fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E, HttpResponse>) -> S3Error {
+fn sdk_error<E>(req: Request, e: SdkError<E, HttpResponse>) -> S3Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     match &e {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
-            let code = se.err().code().unwrap_or("").to_owned();
-            let message = se.err().message().unwrap_or("").to_owned();
-            classify(status, code, message)
+            let (code, message) = (se.err().code(), se.err().message());
+            // A success status with an error: the answer did not parse (e.g. a listing whose
+            // XML holds a control character). It has no code or message to show, only a cause.
+            if code.is_none() && message.is_none() && (200..300).contains(&status) {
+                return S3Error::Unreadable {
+                    req,
+                    status,
+                    cause: causes(se.err()),
+                };
+            }
+            classify(
+                req,
+                status,
+                code.unwrap_or("").to_owned(),
+                message.unwrap_or("").to_owned(),
+            )
         }
         SdkError::ResponseError(re) => {
             let status = re.raw().status().as_u16();
-            classify(status, String::new(), "unreadable response".into())
+            let cause = causes(&e);
+            if (200..300).contains(&status) {
+                return S3Error::Unreadable { req, status, cause };
+            }
+            classify(
+                req,
+                status,
+                String::new(),
+                format!("unreadable answer: {cause}"),
+            )
         }
-        SdkError::TimeoutError(_) => S3Error::Transport("request timed out".into()),
-        SdkError::DispatchFailure(df) => S3Error::Transport(
+        SdkError::TimeoutError(_) => S3Error::Transport(format!("{req}: request timed out")),
+        SdkError::DispatchFailure(df) => S3Error::Transport(format!(
+            "{req}: {}",
             df.as_connector_error()
-                .map(|c| {
-                    let mut s = c.to_string();
-                    let mut src = std::error::Error::source(c);
-                    while let Some(inner) = src {
-                        s.push_str(": ");
-                        s.push_str(&inner.to_string());
-                        src = inner.source();
-                    }
-                    s
-                })
-                .unwrap_or_else(|| "dispatch failure".into()),
-        ),
+                .map(|c| causes(c))
+                .unwrap_or_else(|| "dispatch failure".into())
+        )),
+        // (Display, never Debug: the Debug of an answer holds its headers, the key's MD5)
         _ => S3Error::Other {
+            req,
             status: 0,
             code: "Client".into(),
-            message: format!("{e:?}").chars().take(300).collect(),
+            message: causes(&e).chars().take(300).collect(),
         },
     }
 }
 
+/// An error and its sources, `outer: inner: innermost` (Display only).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let text = inner.to_string();
+        // (wrappers often repeat their source's text)
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        src = inner.source();
+    }
+    s
+}
+
 /// Status + code → error kind. 400 without a more specific code on a keyed request means the
 /// key does not open the object (Garage; HEAD answers have no body, so no code at all).
-pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
+pub(crate) fn classify(req: Request, status: u16, code: String, message: String) -> S3Error {
     match (status, code.as_str()) {
         (404, "NoSuchBucket") => S3Error::NoSuchBucket,
         // an upload that vanished (or a retried Complete that already succeeded): an I/O
         // error of the write, not a missing file
         (404, "NoSuchUpload") => S3Error::Other {
+            req,
             status,
             code,
             message,
@@ -197,12 +306,14 @@ pub(crate) fn classify(status: u16, code: String, message: String) -> S3Error {
             S3Error::BadCredentials(message)
         }
         (403, _) => S3Error::AccessDenied(match (code.is_empty(), message.is_empty()) {
-            (true, _) => message,
-            (false, true) => code,
-            (false, false) => format!("{code}: {message}"),
+            (true, true) => format!("{req}"),
+            (true, false) => format!("{req}: {message}"),
+            (false, true) => format!("{req}: {code}"),
+            (false, false) => format!("{req}: {code}: {message}"),
         }),
         (412, _) => S3Error::PreconditionFailed,
         _ => S3Error::Other {
+            req,
             status,
             code,
             message,
@@ -234,9 +345,10 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(base.mul_f64(factor)).await;
 }
 
-/// A server answer that breaks the protocol (missing header, garbled body).
-fn malformed(what: impl Into<String>) -> S3Error {
+/// A server answer to `req` that breaks the protocol (missing header, garbled body).
+fn malformed(req: Request, what: impl Into<String>) -> S3Error {
     S3Error::Other {
+        req,
         status: 0,
         code: "MalformedResponse".into(),
         message: what.into(),
@@ -324,7 +436,7 @@ impl AwsStore {
         let out = match req.send().await {
             Ok(out) => out,
             Err(e) => {
-                let err = map_err(e);
+                let err = sdk_error(Request::object("GetObject", key), e);
                 if let S3Error::Other { status: 416, .. } = err {
                     return Ok(Ok(0));
                 }
@@ -348,17 +460,21 @@ impl AwsStore {
             Some(Some((first, last))) if first == offset && last >= first => {
                 let n = last - first + 1;
                 if n > total as u64 {
-                    return Err(BodyFailure(malformed(format!(
-                        "GET answered {n} bytes for a range of {total}"
-                    ))));
+                    return Err(BodyFailure(malformed(
+                        Request::object("GetObject", key),
+                        format!("GET answered {n} bytes for a range of {total}"),
+                    )));
                 }
                 Some(n as usize)
             }
             Some(_) => {
-                return Err(BodyFailure(malformed(format!(
-                    "GET at {offset} answered Content-Range {:?}",
-                    out.content_range()
-                ))))
+                return Err(BodyFailure(malformed(
+                    Request::object("GetObject", key),
+                    format!(
+                        "GET at {offset} answered Content-Range {:?}",
+                        out.content_range()
+                    ),
+                )))
             }
             None => None,
         };
@@ -396,10 +512,13 @@ impl AwsStore {
             None => filled == total || (offset == 0 && length == Some(filled as i64)),
         };
         if !believable {
-            return Err(BodyFailure(malformed(format!(
-                "GET at {offset} returned {filled} bytes; the answer announced {expected:?} \
-                 (Content-Length {length:?})"
-            ))));
+            return Err(BodyFailure(malformed(
+                Request::object("GetObject", key),
+                format!(
+                    "GET at {offset} returned {filled} bytes; the answer announced {expected:?} \
+                     (Content-Length {length:?})"
+                ),
+            )));
         }
         Ok(Ok(filled))
     }
@@ -412,7 +531,8 @@ impl ObjectStore for AwsStore {
         let mut first_err = None;
         for (i, k) in self.ring.iter().enumerate() {
             let req = self.client.head_object().bucket(&self.bucket).key(key);
-            match with_key!(req, k).send().await.map_err(map_err) {
+            let sent = with_key!(req, k).send().await;
+            match sent.map_err(map_err(Request::object("HeadObject", key))) {
                 // Only an answer that says the key opened it proves the object is sealed: a
                 // server that ignores SSE-C answers any HEAD. Not proven, not sealed (the
                 // filesystem refuses plain objects unless --allow-plain).
@@ -457,7 +577,10 @@ impl ObjectStore for AwsStore {
             },
         };
         let Some(size) = out.content_length().filter(|&n| n >= 0) else {
-            return Err(malformed("HEAD answer without Content-Length"));
+            return Err(malformed(
+                Request::object("HeadObject", key),
+                "answer without Content-Length",
+            ));
         };
         Ok(ObjectInfo {
             size: size as u64,
@@ -521,7 +644,7 @@ impl ObjectStore for AwsStore {
             .disable_payload_signing()
             .send()
             .await
-            .map_err(map_err)?;
+            .map_err(map_err(Request::object("PutObject", key)))?;
         self.confirm_sse_c(
             "PutObject",
             key,
@@ -566,7 +689,10 @@ impl ObjectStore for AwsStore {
                 .set_metadata(Some(self.sealed_meta(m))),
             None => req.metadata_directive(MetadataDirective::Copy),
         };
-        let out = req.send().await.map_err(map_err)?;
+        let out = req
+            .send()
+            .await
+            .map_err(map_err(Request::copy("CopyObject", src, dst)))?;
         self.confirm_sse_c(
             "CopyObject",
             dst,
@@ -588,7 +714,7 @@ impl ObjectStore for AwsStore {
             .key(key)
             .send()
             .await
-            .map_err(map_err)?;
+            .map_err(map_err(Request::object("DeleteObject", key)))?;
         Ok(())
     }
 
@@ -599,6 +725,11 @@ impl ObjectStore for AwsStore {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> S3Result<ListPage> {
+        const OP: &str = "ListObjectsV2";
+        let req = || Request::prefix(OP, prefix);
+        // Names come URL-encoded: another client may put a key holding a character XML 1.0
+        // cannot carry (a control character), and one such key would make the whole page, and
+        // every listing of the directory, unreadable.
         let out = self
             .client
             .list_objects_v2()
@@ -607,47 +738,61 @@ impl ObjectStore for AwsStore {
             .set_delimiter(delimiter.map(str::to_owned))
             .set_continuation_token(token)
             .set_max_keys(max_keys)
+            .encoding_type(EncodingType::Url)
             .send()
             .await
-            .map_err(map_err)?;
+            .map_err(map_err(req()))?;
+        // (decoded only when the answer says it is encoded, as botocore does: a server that
+        // ignores the parameter sends names as they are)
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
         // A listing is believed only if it is one: every key under the prefix and with a
         // size, a continuation token when truncated (a garbled page must not hide, invent or
         // shrink files).
-        let objects = out
-            .contents()
-            .iter()
-            .map(|o| match (o.key(), o.size()) {
+        let mut objects = Vec::with_capacity(out.contents().len());
+        for o in out.contents() {
+            let key = match o.key() {
+                Some(raw) => match self.decoded(OP, encoded, raw) {
+                    Some(key) => Some(key),
+                    None => continue,
+                },
+                None => None,
+            };
+            match (key, o.size()) {
                 (Some(key), Some(size)) if key.starts_with(prefix) && size >= 0 => {
-                    Ok(ListedObject {
-                        key: key.to_owned(),
+                    objects.push(ListedObject {
+                        key,
                         size: size as u64,
                         etag: o.e_tag().unwrap_or("").to_owned(),
                         last_modified: to_system_time(o.last_modified()),
                     })
                 }
-                _ => Err(malformed(format!(
-                    "listing of {prefix:?} has an entry {:?} of size {:?}",
-                    o.key(),
-                    o.size()
-                ))),
-            })
-            .collect::<S3Result<Vec<_>>>()?;
-        let prefixes = out
-            .common_prefixes()
-            .iter()
-            .map(|p| match p.prefix() {
-                Some(p) if p.starts_with(prefix) => Ok(p.to_owned()),
-                other => Err(malformed(format!(
-                    "listing of {prefix:?} has a common prefix {other:?}"
-                ))),
-            })
-            .collect::<S3Result<Vec<_>>>()?;
+                (key, size) => {
+                    return Err(malformed(
+                        req(),
+                        format!("an entry {key:?} of size {size:?}"),
+                    ))
+                }
+            }
+        }
+        let mut prefixes = Vec::with_capacity(out.common_prefixes().len());
+        for p in out.common_prefixes() {
+            let p = match p.prefix() {
+                Some(raw) => match self.decoded(OP, encoded, raw) {
+                    Some(p) => Some(p),
+                    None => continue,
+                },
+                None => None,
+            };
+            match p {
+                Some(p) if p.starts_with(prefix) => prefixes.push(p),
+                other => return Err(malformed(req(), format!("a common prefix {other:?}"))),
+            }
+        }
+        // (continuation tokens are opaque, never URL-encoded)
         let next = match (out.is_truncated(), out.next_continuation_token()) {
             (Some(true), Some(t)) => Some(t.to_owned()),
             (Some(true), None) => {
-                return Err(malformed(format!(
-                    "truncated listing of {prefix:?} without a continuation token"
-                )))
+                return Err(malformed(req(), "truncated without a continuation token"))
             }
             _ => None,
         };
@@ -670,7 +815,7 @@ impl ObjectStore for AwsStore {
         )
         .send()
         .await
-        .map_err(map_err)?;
+        .map_err(map_err(Request::object("CreateMultipartUpload", key)))?;
         self.confirm_sse_c(
             "CreateMultipartUpload",
             key,
@@ -678,13 +823,12 @@ impl ObjectStore for AwsStore {
             out.sse_customer_algorithm(),
             out.sse_customer_key_md5(),
         )?;
-        out.upload_id()
-            .map(str::to_owned)
-            .ok_or_else(|| S3Error::Other {
-                status: 200,
-                code: "NoUploadId".into(),
-                message: "CreateMultipartUpload returned no upload id".into(),
-            })
+        out.upload_id().map(str::to_owned).ok_or_else(|| {
+            malformed(
+                Request::object("CreateMultipartUpload", key),
+                "answer without an upload id",
+            )
+        })
     }
 
     async fn upload_part(
@@ -710,7 +854,7 @@ impl ObjectStore for AwsStore {
         .disable_payload_signing()
         .send()
         .await
-        .map_err(map_err)?;
+        .map_err(map_err(Request::object("UploadPart", key)))?;
         self.confirm_sse_c(
             "UploadPart",
             key,
@@ -725,9 +869,10 @@ impl ObjectStore for AwsStore {
                 crc32c: Some(out.checksum_crc32_c().unwrap_or(&crc).to_owned()),
             }),
             // the part may be stored, but CompleteMultipartUpload needs its ETag
-            _ => Err(malformed(format!(
-                "UploadPart {number} answer without ETag"
-            ))),
+            _ => Err(malformed(
+                Request::object("UploadPart", key),
+                format!("the answer for part {number} has no ETag"),
+            )),
         }
     }
 
@@ -754,7 +899,8 @@ impl ObjectStore for AwsStore {
         if let Some(k) = self.key_of(src.sealing)? {
             req = with_source_key!(req, k);
         }
-        let out = req.send().await.map_err(map_err)?;
+        let failed = Request::copy("UploadPartCopy", src.key, key);
+        let out = req.send().await.map_err(map_err(failed))?;
         self.confirm_sse_c(
             "UploadPartCopy",
             key,
@@ -802,25 +948,17 @@ impl ObjectStore for AwsStore {
         )
         .send()
         .await
-        .map_err(map_err);
+        .map_err(map_err(Request::object("CompleteMultipartUpload", key)));
         match out {
             Ok(out) => Ok(out.e_tag().unwrap_or("").to_owned()),
             // The answer to an earlier attempt was lost and the SDK retried: the upload is
             // gone because it completed. The object's ETag proves it is ours.
-            Err(S3Error::Other {
-                status: 404,
-                code,
-                message,
-            }) if code == "NoSuchUpload" => match (expected, self.head(key).await) {
+            Err(e) if e.is_vanished_upload() => match (expected, self.head(key).await) {
                 (Some(want), Ok(info)) if info.etag.trim_matches('"') == want => {
                     tracing::info!(object = key, "CompleteMultipartUpload was retried after it succeeded; the object is complete");
                     Ok(info.etag)
                 }
-                _ => Err(S3Error::Other {
-                    status: 404,
-                    code,
-                    message,
-                }),
+                _ => Err(e),
             },
             Err(e) => Err(e),
         }
@@ -834,14 +972,16 @@ impl ObjectStore for AwsStore {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(map_err)?;
+            .map_err(map_err(Request::object("AbortMultipartUpload", key)))?;
         Ok(())
     }
 
     async fn list_multipart(&self, prefix: &str) -> S3Result<Vec<PendingUpload>> {
+        const OP: &str = "ListMultipartUploads";
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
         loop {
+            // URL-encoded for the same reason as a listing of objects
             let page = self
                 .client
                 .list_multipart_uploads()
@@ -849,26 +989,45 @@ impl ObjectStore for AwsStore {
                 .prefix(prefix)
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
+                .encoding_type(EncodingType::Url)
                 .send()
                 .await
-                .map_err(map_err)?;
+                .map_err(map_err(Request::prefix(OP, prefix)))?;
+            let encoded = page.encoding_type() == Some(&EncodingType::Url);
             for u in page.uploads() {
-                if let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) {
-                    out.push(PendingUpload {
-                        key: key.to_owned(),
-                        upload_id: upload_id.to_owned(),
-                        // no date: as if just started, so it is never taken for stale
-                        initiated: u
-                            .initiated()
-                            .and_then(|d| SystemTime::try_from(*d).ok())
-                            .unwrap_or_else(SystemTime::now),
-                    });
-                }
+                let (Some(raw), Some(upload_id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let Some(key) = self.decoded(OP, encoded, raw) else {
+                    continue;
+                };
+                out.push(PendingUpload {
+                    key,
+                    upload_id: upload_id.to_owned(),
+                    // no date: as if just started, so it is never taken for stale
+                    initiated: u
+                        .initiated()
+                        .and_then(|d| SystemTime::try_from(*d).ok())
+                        .unwrap_or_else(SystemTime::now),
+                });
             }
-            let next = (
-                page.next_key_marker().map(str::to_owned),
-                page.next_upload_id_marker().map(str::to_owned),
-            );
+            // NextKeyMarker is encoded too, and goes back as a key
+            let next_key = match page.next_key_marker() {
+                None => None,
+                Some(raw) => match self.decoded(OP, encoded, raw) {
+                    Some(k) => Some(k),
+                    None => {
+                        tracing::warn!(
+                            op = OP,
+                            prefix,
+                            "the listing cannot go on past a name that is not UTF-8; the \
+                             uploads after it are not listed"
+                        );
+                        return Ok(out);
+                    }
+                },
+            };
+            let next = (next_key, page.next_upload_id_marker().map(str::to_owned));
             // (a server that does not move on would otherwise be asked forever)
             let stuck = (next.0 == key_marker && next.1 == id_marker) || next == (None, None);
             if page.is_truncated() != Some(true) || stuck {
@@ -1181,6 +1340,7 @@ mod tests {
     //! Each operation's request, captured on the wire, carries the SSE-C trio (and the
     //! copy-source trio for copies).
     use super::*;
+    use crate::fs::error::FsError;
     use aws_smithy_http_client::test_util::capture_request;
 
     const ALG: &str = "x-amz-server-side-encryption-customer-algorithm";
@@ -1495,34 +1655,54 @@ mod tests {
         assert_eq!(req.headers().get(KEY), Some(new.base64()));
     }
 
+    fn head_of_x() -> Request {
+        Request::object("HeadObject", "x")
+    }
+
     #[test]
     fn errors_classify_by_status_and_code() {
         assert!(matches!(
-            classify(400, "".into(), "".into()),
+            classify(head_of_x(), 400, "".into(), "".into()),
             S3Error::WrongKey
         ));
         assert!(matches!(
-            classify(404, "".into(), "".into()),
+            classify(head_of_x(), 404, "".into(), "".into()),
             S3Error::NotFound
         ));
         assert!(matches!(
-            classify(404, "NoSuchBucket".into(), "".into()),
+            classify(head_of_x(), 404, "NoSuchBucket".into(), "".into()),
             S3Error::NoSuchBucket
         ));
         assert!(matches!(
-            classify(403, "InvalidAccessKeyId".into(), "".into()),
+            classify(head_of_x(), 403, "InvalidAccessKeyId".into(), "".into()),
             S3Error::BadCredentials(_)
         ));
         assert!(matches!(
-            classify(403, "AccessDenied".into(), "".into()),
+            classify(head_of_x(), 403, "AccessDenied".into(), "".into()),
             S3Error::AccessDenied(_)
         ));
+        // what a user sees names the request and what the server said, whatever is missing
+        let shown = classify(head_of_x(), 403, "AccessDenied".into(), "".into()).to_string();
+        assert_eq!(shown, r#"access denied: HeadObject of "x": AccessDenied"#);
+        let shown = classify(head_of_x(), 500, "".into(), "".into()).to_string();
+        assert_eq!(shown, r#"HeadObject of "x": HTTP 500"#);
+        let shown = classify(
+            Request::prefix("ListObjectsV2", "d/"),
+            503,
+            "SlowDown".into(),
+            "Please reduce your request rate.".into(),
+        )
+        .to_string();
+        assert_eq!(
+            shown,
+            r#"ListObjectsV2 of prefix "d/": HTTP 503 SlowDown: Please reduce your request rate."#
+        );
     }
 
     #[test]
     fn a_vanished_upload_is_an_io_error_not_a_missing_file() {
         assert!(matches!(
-            classify(404, "NoSuchUpload".into(), "".into()),
+            classify(head_of_x(), 404, "NoSuchUpload".into(), "".into()),
             S3Error::Other { status: 404, .. }
         ));
     }
@@ -1560,6 +1740,105 @@ mod tests {
         );
         let p = s.list("d/", Some("/"), None, None).await.unwrap();
         assert_eq!((p.objects[0].size, p.prefixes[0].as_str()), (3, "d/e/"));
+    }
+
+    /// A 200 answer with this body.
+    fn ok_answer(body: &'static str) -> HttpResponse {
+        HttpResponse::new(
+            200.try_into().unwrap(),
+            aws_smithy_types::body::SdkBody::from(body),
+        )
+    }
+
+    #[tokio::test]
+    async fn listings_ask_for_url_encoded_names_and_decode_them() {
+        let (s, rx) = store_answering(
+            KeyRing::single(key()),
+            Some(ok_answer(
+                "<ListBucketResult><EncodingType>url</EncodingType>\
+                 <Contents><Key>d%2Fa%01b</Key><Size>1</Size></Contents>\
+                 <Contents><Key>d%2Fnot%FFutf8</Key><Size>1</Size></Contents>\
+                 <Contents><Key>d/new%0Aline+and%2Bplus</Key><Size>2</Size></Contents>\
+                 <CommonPrefixes><Prefix>d%2Fsub%20dir%2F</Prefix></CommonPrefixes>\
+                 <CommonPrefixes><Prefix>d%2Fcut%2</Prefix></CommonPrefixes>\
+                 </ListBucketResult>",
+            )),
+        );
+        let p = s.list("d/", Some("/"), None, None).await.unwrap();
+        let uri = rx.expect_request().uri().to_owned();
+        assert!(uri.contains("encoding-type=url"), "{uri}");
+        let keys: Vec<&str> = p.objects.iter().map(|o| o.key.as_str()).collect();
+        // (the names that do not decode are skipped, their neighbours listed)
+        assert_eq!(keys, ["d/a\x01b", "d/new\nline and+plus"]);
+        assert_eq!(p.prefixes, ["d/sub dir/"]);
+        assert_eq!(s.warned.lock().unwrap().len(), 2, "each logged");
+
+        // a server that ignores the parameter (no EncodingType): names as they are
+        let (s, _rx) = store_answering(
+            KeyRing::single(key()),
+            Some(ok_answer(
+                "<ListBucketResult><Contents><Key>d/100%25+x</Key><Size>1</Size></Contents>\
+                 </ListBucketResult>",
+            )),
+        );
+        let p = s.list("d/", Some("/"), None, None).await.unwrap();
+        assert_eq!(p.objects[0].key, "d/100%25+x");
+    }
+
+    #[tokio::test]
+    async fn upload_listings_ask_for_url_encoded_names_and_decode_them() {
+        let (s, rx) = store_answering(
+            KeyRing::single(key()),
+            Some(ok_answer(
+                "<ListMultipartUploadsResult><EncodingType>url</EncodingType>\
+                 <IsTruncated>false</IsTruncated>\
+                 <Upload><Key>d%2Fa%01b</Key><UploadId>u1</UploadId></Upload>\
+                 <Upload><Key>d%2F%FF</Key><UploadId>u2</UploadId></Upload>\
+                 </ListMultipartUploadsResult>",
+            )),
+        );
+        let ups = s.list_multipart("d/").await.unwrap();
+        let uri = rx.expect_request().uri().to_owned();
+        assert!(uri.contains("encoding-type=url"), "{uri}");
+        let keys: Vec<(&str, &str)> = ups
+            .iter()
+            .map(|u| (u.key.as_str(), u.upload_id.as_str()))
+            .collect();
+        assert_eq!(keys, [("d/a\x01b", "u1")]);
+    }
+
+    /// What an unencoded listing holding a control character got from Garage: an answer the
+    /// SDK cannot parse, once shown as `S3 error 200 : `. The error names the request.
+    #[tokio::test]
+    async fn an_unreadable_answer_names_the_request_and_the_cause() {
+        let (s, _rx) = store_answering(
+            KeyRing::single(key()),
+            Some(ok_answer(
+                "<ListBucketResult><Contents><Key>d/a\x01b</Key><Size>1</Size></Contents>\
+                 </ListBucketResult>",
+            )),
+        );
+        let e = s.list("d/", Some("/"), None, None).await.unwrap_err();
+        assert!(
+            matches!(e, S3Error::Unreadable { status: 200, .. }),
+            "{e:?}"
+        );
+        let shown = e.to_string();
+        let head = r#"ListObjectsV2 of prefix "d/": unreadable answer (HTTP 200): "#;
+        assert!(
+            shown.starts_with(head) && shown.len() > head.len() + 5,
+            "{shown}"
+        );
+        assert_eq!(FsError::from(e).errno(), libc::EIO);
+    }
+
+    #[test]
+    fn url_decoding_is_strict() {
+        assert_eq!(url_decode("a%2Fb+c%2B").as_deref(), Some("a/b c+"));
+        assert_eq!(url_decode("%E2%82%AC%01").as_deref(), Some("\u{20ac}\x01"));
+        for bad in ["%", "%2", "%G1", "%+1", "%FF", "%C3"] {
+            assert_eq!(url_decode(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, Metadata, ObjectInfo, ObjectStore, PartSource, PendingUpload, S3Error,
-    S3Result, Sealing,
+    CompletedPart, ListPage, Metadata, ObjectInfo, ObjectStore, PartSource, PendingUpload, Request,
+    S3Error, S3Result, Sealing,
 };
 
 /// How the chosen request fails.
@@ -44,10 +44,11 @@ impl FailKind {
         FailKind::Panic,
     ];
 
-    fn error(self) -> S3Error {
+    fn error(self, op: &'static str) -> S3Error {
         match self {
             FailKind::Refused => S3Error::AccessDenied("injected 403".into()),
             FailKind::ServerError => S3Error::Other {
+                req: Request::object(op, "(injected)"),
                 status: 503,
                 code: "SlowDown".into(),
                 message: "injected after all retries".into(),
@@ -128,9 +129,9 @@ impl FailingStore {
         match self.kind {
             FailKind::Panic if op == "upload_part" => Fate::Panic,
             FailKind::Panic => Fate::Pass,
-            FailKind::AnswerLost => Fate::ApplyThenFail(self.kind.error()),
-            FailKind::ResetMidBody if op == "get" => Fate::Partial(self.kind.error()),
-            kind => Fate::Fail(kind.error()),
+            FailKind::AnswerLost => Fate::ApplyThenFail(self.kind.error(op)),
+            FailKind::ResetMidBody if op == "get" => Fate::Partial(self.kind.error(op)),
+            kind => Fate::Fail(kind.error(op)),
         }
     }
 }

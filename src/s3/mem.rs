@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::{
     CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, PartSource,
-    PendingUpload, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 
 #[derive(Clone)]
@@ -362,7 +362,8 @@ impl ObjectStore for MemStore {
         let data = o
             .data
             .get(range.start as usize..range.end as usize)
-            .ok_or(S3Error::Other {
+            .ok_or_else(|| S3Error::Other {
+                req: Request::object("UploadPartCopy", src.key),
                 status: 416,
                 code: "InvalidRange".into(),
                 message: String::new(),
@@ -379,7 +380,7 @@ impl ObjectStore for MemStore {
 
     async fn complete_multipart(
         &self,
-        _key: &str,
+        key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
     ) -> S3Result<String> {
@@ -392,6 +393,7 @@ impl ObjectStore for MemStore {
                     Ok(etag)
                 }
                 _ => Err(S3Error::Other {
+                    req: Request::object("CompleteMultipartUpload", key),
                     status: 404,
                     code: "NoSuchUpload".into(),
                     message: upload_id.into(),
@@ -401,13 +403,15 @@ impl ObjectStore for MemStore {
         // checked before the upload is consumed: a refused Complete leaves it to retry
         let mut data = Vec::new();
         for (i, p) in parts.iter().enumerate() {
-            let part = upload.parts.get(&p.number).ok_or(S3Error::Other {
+            let part = upload.parts.get(&p.number).ok_or_else(|| S3Error::Other {
+                req: Request::object("CompleteMultipartUpload", key),
                 status: 400,
                 code: "InvalidPart".into(),
                 message: format!("part {}", p.number),
             })?;
             if i + 1 < parts.len() && (part.len() as u64) < super::MIN_PART {
                 return Err(S3Error::Other {
+                    req: Request::object("CompleteMultipartUpload", key),
                     status: 400,
                     code: "EntityTooSmall".into(),
                     message: format!("part {} is {} bytes", p.number, part.len()),

@@ -97,6 +97,87 @@ pub struct PendingUpload {
     pub initiated: SystemTime,
 }
 
+/// What a failed request was about: the S3 operation and its object or listing prefix. An
+/// error carries it because whatever shows the error (a FUSE log line names only an inode,
+/// a failed mount only the error) may know neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub op: &'static str,
+    pub target: Target,
+}
+
+/// What a request was about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Object(String),
+    /// A listing's prefix.
+    Prefix(String),
+    /// A copy (CopyObject, UploadPartCopy) from one object to another.
+    Copy {
+        src: String,
+        dst: String,
+    },
+}
+
+impl Request {
+    pub fn object(op: &'static str, key: &str) -> Request {
+        Request {
+            op,
+            target: Target::Object(key.to_owned()),
+        }
+    }
+
+    pub fn prefix(op: &'static str, prefix: &str) -> Request {
+        Request {
+            op,
+            target: Target::Prefix(prefix.to_owned()),
+        }
+    }
+
+    pub fn copy(op: &'static str, src: &str, dst: &str) -> Request {
+        Request {
+            op,
+            target: Target::Copy {
+                src: src.to_owned(),
+                dst: dst.to_owned(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Request {
+    /// `HeadObject of "d/x"`, `ListObjectsV2 of prefix "d/"`: names escaped, since another
+    /// client may have put any character in them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.target {
+            Target::Object(key) => write!(f, "{} of {key:?}", self.op),
+            Target::Prefix(prefix) => write!(f, "{} of prefix {prefix:?}", self.op),
+            Target::Copy { src, dst } => write!(f, "{} of {src:?} to {dst:?}", self.op),
+        }
+    }
+}
+
+/// The server's side of an error: `HTTP 503 SlowDown: message`, leaving out what is empty
+/// (status 0: no HTTP answer to speak of, e.g. a garbled one).
+fn server_said(status: u16, code: &str, message: &str) -> String {
+    let mut s = match status {
+        0 => String::new(),
+        n => format!("HTTP {n}"),
+    };
+    for (sep, part) in [(" ", code), (": ", message)] {
+        if !part.is_empty() {
+            if !s.is_empty() {
+                s.push_str(sep);
+            }
+            s.push_str(part);
+        }
+    }
+    if s.is_empty() {
+        s.push_str("no status, code or message");
+    }
+    s
+}
+
 /// Errors of the object layer, kept apart so the filesystem can map each to its errno.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum S3Error {
@@ -125,11 +206,20 @@ pub enum S3Error {
          this key; ssecfs neither writes to such a server nor believes its answers"
     )]
     SseIgnored { op: &'static str, key: String },
-    #[error("S3 error {status} {code}: {message}")]
+    #[error("{req}: {}", server_said(*.status, .code, .message))]
     Other {
+        req: Request,
         status: u16,
         code: String,
         message: String,
+    },
+    /// An answer the SDK could not parse (a 200 whose XML holds what XML 1.0 cannot carry,
+    /// a proxy's HTML page): it has neither code nor message, so the cause is what it says.
+    #[error("{req}: unreadable answer (HTTP {status}): {cause}")]
+    Unreadable {
+        req: Request,
+        status: u16,
+        cause: String,
     },
 }
 
@@ -141,6 +231,11 @@ impl S3Error {
             S3Error::Other { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
+    }
+
+    /// 404 NoSuchUpload: the multipart upload is gone (aborted, or already completed).
+    pub fn is_vanished_upload(&self) -> bool {
+        matches!(self, S3Error::Other { status: 404, code, .. } if code == "NoSuchUpload")
     }
 }
 
