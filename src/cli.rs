@@ -84,7 +84,8 @@ pub struct RotateArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
     /// Key file (or key-ring file) the objects are encrypted with now; repeat for several.
-    #[arg(long, value_name = "PATH", required = true)]
+    /// Optional with --adopt-plain (sealing plain objects needs only the new key).
+    #[arg(long, value_name = "PATH", required_unless_present = "adopt_plain")]
     pub from: Vec<PathBuf>,
     /// Key file to re-encrypt them with.
     #[arg(long, value_name = "PATH")]
@@ -92,6 +93,11 @@ pub struct RotateArgs {
     /// Only report what would be rotated.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also seal objects stored without SSE-C under the new key (server-side, as rotation
+    /// does): a migration from a plain bucket. Anyone with write access to the bucket can put
+    /// a plain object, so adopt only a bucket whose plain objects you vouch for
+    #[arg(long)]
+    pub adopt_plain: bool,
     /// BUCKET or BUCKET:PREFIX.
     pub source: String,
 }

@@ -364,7 +364,7 @@ fn rotate(args: RotateArgs) -> ExitCode {
         KeyRing::new(keys).map_err(|e| e.to_string())
     })();
     let ring = match ring {
-        Ok(r) if r.len() > 1 => r,
+        Ok(r) if r.len() > 1 || args.adopt_plain => r,
         Ok(_) => return fail("--from needs at least one key"),
         Err(e) => return fail(&e),
     };
@@ -386,10 +386,17 @@ fn rotate(args: RotateArgs) -> ExitCode {
     let result: Result<crate::s3::aws::RotateSummary, String> = rt.block_on(async {
         let store = connect(&args.conn, &bucket, ring).await?;
         store
-            .rotate_prefix(&format_prefix(&prefix), args.dry_run, |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })
+            .rotate_prefix(
+                &format_prefix(&prefix),
+                crate::s3::aws::RotateMode {
+                    dry_run: args.dry_run,
+                    adopt_plain: args.adopt_plain,
+                },
+                |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )
             .await
             .map_err(|e| explain(&e, &bucket, &endpoint))
     });
@@ -397,13 +404,25 @@ fn rotate(args: RotateArgs) -> ExitCode {
     match result {
         Ok(s) => {
             println!(
-                "{}rotated {}, already under the new key {}, plain (not SSE-C) {}, opened by no key {}",
-                if args.dry_run { "dry run: would have " } else { "" },
+                "{}rotated {}, already under the new key {}, adopted {}, plain (not SSE-C) {}, \
+                 opened by no key {}",
+                if args.dry_run {
+                    "dry run: would have "
+                } else {
+                    ""
+                },
                 s.rotated,
                 s.already,
+                s.adopted,
                 s.plain,
                 s.neither.len()
             );
+            if s.plain > 0 {
+                println!(
+                    "  plain objects are left as they are; --adopt-plain seals them under the \
+                     new key"
+                );
+            }
             for k in s.neither.iter().take(20) {
                 println!("  no key opens: {k}");
             }

@@ -52,3 +52,49 @@ fn rotate_reencrypts_server_side_and_resumes() {
     assert_eq!(fs::read(m.path("a.txt")).unwrap(), b"alpha");
     assert_eq!(fs::read(m.path("d/b.bin")).unwrap(), files[1].1);
 }
+
+/// `rotate --adopt-plain` re-encrypts objects stored without SSE-C (a migration from a plain
+/// bucket, or objects the owner vouches for) under the new key, server-side; without it they
+/// are left alone and counted. Afterwards a mount with the key serves them as its own.
+#[test]
+fn rotate_adopt_plain_seals_plain_objects_under_the_new_key() {
+    let bucket = TestBucket::new();
+    let old = Key::random();
+    let new = Key::random();
+    put(
+        bucket.name(),
+        "legacy.txt",
+        b"from before ssecfs",
+        None,
+        &[],
+    );
+    put(bucket.name(), "d/big.bin", &vec![5u8; 2 << 20], None, &[]);
+    put_with_key(bucket.name(), "keyed.txt", b"keyed", &old, &[]);
+    let keys = tempdir("e2e-adopt-");
+    let (from, to) = (keys.path().join("old"), keys.path().join("new"));
+    old.write_file(&from);
+    new.write_file(&to);
+
+    let out = rotate(bucket.name(), &from, &to, &[]);
+    assert!(out.contains("plain (not SSE-C) 2"), "{out}");
+    assert!(get_without_key(bucket.name(), "legacy.txt").is_ok());
+
+    let dry = rotate(bucket.name(), &from, &to, &["--adopt-plain", "--dry-run"]);
+    assert!(
+        dry.starts_with("dry run") && dry.contains("adopted 2"),
+        "{dry}"
+    );
+    assert!(get_without_key(bucket.name(), "legacy.txt").is_ok());
+
+    let out = rotate(bucket.name(), &from, &to, &["--adopt-plain"]);
+    assert!(out.contains("adopted 2"), "{out}");
+    assert_stored(bucket.name(), "legacy.txt", &new, b"from before ssecfs");
+    assert_stored(bucket.name(), "d/big.bin", &new, &vec![5u8; 2 << 20]);
+    assert!(get_without_key(bucket.name(), "legacy.txt").is_err());
+    assert_stored(bucket.name(), "keyed.txt", &new, b"keyed");
+    let m = Mount::with_key(&bucket, &new, &[]);
+    assert_eq!(
+        fs::read(m.path("legacy.txt")).unwrap(),
+        b"from before ssecfs"
+    );
+}

@@ -231,8 +231,8 @@ pub const META_DELAY: Duration = Duration::from_millis(100);
 pub const NAME_MAX: usize = 255;
 
 /// The log line for an object stored without SSE-C (see [`Fs::check_sealed`]).
-const PLAIN_REFUSED: &str = "object is stored without SSE-C, so anyone with write access to the bucket could have put it: not served (EACCES). If it is yours, mount with --allow-plain to read it and copy it to a new name through the mount, which stores the copy sealed under your key";
-const PLAIN_READ_ONLY: &str = "object is stored without SSE-C: --allow-plain serves it read-only (copy it to a new name through the mount to store it sealed under your key)";
+const PLAIN_REFUSED: &str = "object is stored without SSE-C, so anyone with write access to the bucket could have put it: not served (EACCES). If it is yours, `ssecfs rotate --adopt-plain --to KEY BUCKET` seals it under your key server-side, or mount with --allow-plain to read it";
+const PLAIN_READ_ONLY: &str = "object is stored without SSE-C: --allow-plain serves it read-only (`ssecfs rotate --adopt-plain --to KEY BUCKET` seals it under your key)";
 
 fn check_name(name: &str) -> FsResult<()> {
     if name.len() > NAME_MAX {

@@ -1045,10 +1045,22 @@ pub struct RotateSummary {
     pub rotated: u64,
     /// Objects the new key already opens (rotated by an earlier, interrupted run).
     pub already: u64,
-    /// Objects stored without SSE-C (left alone: rotation never changes what a tool wrote).
+    /// Objects stored without SSE-C and left alone (rotation changes what another tool wrote
+    /// only with `--adopt-plain`).
     pub plain: u64,
+    /// Objects stored without SSE-C, sealed under the new key (`--adopt-plain`).
+    pub adopted: u64,
     /// Objects no key of the ring opens.
     pub neither: Vec<String>,
+}
+
+/// What `rotate` may change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RotateMode {
+    /// Only count what would change.
+    pub dry_run: bool,
+    /// Seal plain objects under the new key too.
+    pub adopt_plain: bool,
 }
 
 /// How many objects `rotate` re-encrypts at once.
@@ -1059,11 +1071,12 @@ impl AwsStore {
     /// whichever other key of the ring opens it: CopyObject onto itself (UploadPartCopy above
     /// 5 GiB) with the old key as copy source, metadata kept but for the key fingerprint.
     /// Nothing is downloaded. Objects the primary key already opens are skipped, so an
-    /// interrupted run resumes where it stopped. `progress(done, total)` follows along.
+    /// interrupted run resumes where it stopped. Plain objects are sealed under the primary key
+    /// with `mode.adopt_plain`, else left alone. `progress(done, total)` follows along.
     pub async fn rotate_prefix(
         &self,
         prefix: &str,
-        dry_run: bool,
+        mode: RotateMode,
         progress: impl Fn(u64, u64),
     ) -> S3Result<RotateSummary> {
         use futures::StreamExt;
@@ -1082,7 +1095,7 @@ impl AwsStore {
         progress(0, total);
         let mut results = futures::stream::iter(keys)
             .map(|key| async move {
-                let outcome = self.rotate_one(&key, dry_run).await;
+                let outcome = self.rotate_one(&key, mode).await;
                 (key, outcome)
             })
             .buffer_unordered(ROTATE_CONCURRENCY);
@@ -1090,6 +1103,7 @@ impl AwsStore {
         while let Some((key, outcome)) = results.next().await {
             match outcome? {
                 Some(Sealing::PRIMARY) => s.already += 1,
+                Some(Sealing::Plain) if mode.adopt_plain => s.adopted += 1,
                 Some(Sealing::Plain) => s.plain += 1,
                 Some(Sealing::Key(_)) => s.rotated += 1,
                 None => s.neither.push(key),
@@ -1104,14 +1118,18 @@ impl AwsStore {
     /// Rotate one object; returns the sealing it had (`None`: no key opens it, reported rather
     /// than an error so one odd object does not stop the run; one deleted meanwhile counts as
     /// done).
-    async fn rotate_one(&self, key: &str, dry_run: bool) -> S3Result<Option<Sealing>> {
+    async fn rotate_one(&self, key: &str, mode: RotateMode) -> S3Result<Option<Sealing>> {
         let info = match self.head(key).await {
             Ok(info) => info,
             Err(S3Error::WrongKey | S3Error::AccessDenied(_)) => return Ok(None),
             Err(S3Error::NotFound) => return Ok(Some(Sealing::PRIMARY)),
             Err(e) => return Err(e),
         };
-        if matches!(info.sealing, Sealing::Key(i) if i > 0) && !dry_run {
+        let changes = match info.sealing {
+            Sealing::Key(i) => i > 0,
+            Sealing::Plain => mode.adopt_plain,
+        };
+        if changes && !mode.dry_run {
             super::copy_any_size(
                 self,
                 key,
