@@ -755,6 +755,17 @@ impl Fs {
     /// An object stored without SSE-C is not this key holder's: anyone with write access to
     /// the bucket could have put it. Refused (EACCES) unless `--allow-plain`, and then only
     /// for reading; it can still be listed, stat'ed and unlinked.
+    /// HEAD of an object a directory rename is about to copy: a copy of a plain object would
+    /// seal it under our key, an adoption `check_sealed` refuses for a file; so is this one.
+    async fn sealed_head(&self, key: &str) -> FsResult<crate::s3::ObjectInfo> {
+        let info = self.store.head(key).await?;
+        if info.sealing == Sealing::Plain {
+            self.warn_once(key, PLAIN_REFUSED);
+            return Err(FsError::PlainObject);
+        }
+        Ok(info)
+    }
+
     fn check_sealed(&self, ino: u64, node: &Node, write: bool) -> FsResult<()> {
         if node.sealing != Sealing::Plain || !node.remote {
             return Ok(());
@@ -1927,7 +1938,7 @@ impl Fs {
                 let to = format!("{dst_prefix}{}", &o.key[src.len()..]);
                 async move {
                     let etag = if o.size > crate::s3::MAX_COPY_OBJECT {
-                        let info = self.store.head(&o.key).await?;
+                        let info = self.sealed_head(&o.key).await?;
                         crate::s3::copy_any_size(
                             self.store.as_ref(),
                             &o.key,
@@ -1944,7 +1955,7 @@ impl Fs {
                         // find theirs (and their metadata, re-tagged with the new key).
                         match self.store.copy(&o.key, &to, None, Sealing::PRIMARY).await {
                             Err(S3Error::WrongKey) => {
-                                let info = self.store.head(&o.key).await?;
+                                let info = self.sealed_head(&o.key).await?;
                                 self.store
                                     .copy(&o.key, &to, Some(&info.metadata), info.sealing)
                                     .await?
@@ -1962,7 +1973,29 @@ impl Fs {
                 }
             }))
             .await;
-        let copies: HashMap<String, ObjectRef> = results.into_iter().collect::<FsResult<_>>()?;
+        // A copy that failed (or a plain object refused) fails the rename with the source
+        // whole: the copies already made are deleted again, but for the directory's marker,
+        // which may have been the destination's own (an empty directory renamed over).
+        let mut copies: HashMap<String, ObjectRef> = HashMap::new();
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok((from, copy)) => {
+                    copies.insert(from, copy);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for copy in copies.values().filter(|c| c.key != dst_prefix) {
+                if let Err(e) = self.store.delete(&copy.key).await {
+                    tracing::warn!(object = %copy.key, error = %e, "a directory rename failed, and a copy it had made could not be deleted");
+                }
+            }
+            return Err(e);
+        }
         for o in &objects {
             self.delete_renamed(&o.key).await;
             self.wctx.cache.invalidate(&o.key);

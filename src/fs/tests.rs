@@ -193,6 +193,29 @@ async fn wrong_key_is_eacces_and_plain_objects_are_not_served() {
     assert_eq!(err.errno(), libc::EACCES);
 }
 
+/// Renaming the directory a plain object sits in would copy it sealed under our key (an
+/// adoption by the back door): the rename is refused and the object stays as it was.
+#[tokio::test]
+async fn a_directory_rename_does_not_adopt_a_plain_object() {
+    let mem = MemStore::new("k1");
+    let fs = fs_on(&mem);
+    fs.mkdir(ROOT, "d", 0o755, 1000, 1000).await.unwrap();
+    let (d, _) = fs.lookup(ROOT, "d").await.unwrap();
+    write_file(&fs, d, "mine", b"mine").await;
+    mem.insert_plain("d/planted", b"hello");
+    let fs = fs_on(&mem);
+    let err = fs.rename(ROOT, "d", ROOT, "e", false).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES, "{err}");
+    assert_eq!(mem.sealed_with("d/planted"), None);
+    assert!(mem.sealed_with("e/planted").is_none());
+    let (d, _) = fs.lookup(ROOT, "d").await.unwrap();
+    let (mine, _) = fs.lookup(d, "mine").await.unwrap();
+    assert_eq!(read_all(&fs, mine).await, b"mine");
+    assert!(fs.lookup(d, "planted").await.is_ok());
+    // and the copies made before the refusal are gone again
+    assert!(mem.sealed_with("e/mine").is_none());
+}
+
 #[tokio::test]
 async fn key_ring_reads_old_objects_and_reseals_what_it_writes() {
     let mem = MemStore::new("old");
