@@ -195,17 +195,7 @@ fn a_core_dump_of_an_idle_daemon_holds_no_key_and_no_plaintext() {
         big.extend_from_slice(marker.as_bytes());
         big.extend_from_slice(&[b'.'; 4000]);
     }
-    fs::write(m.path("a"), &small).unwrap();
-    fs::rename(m.path("a"), m.path("b")).unwrap();
-    sh(&format!("chmod 600 '{}'", m.path("b").display()));
-    fs::write(m.path("big"), &big).unwrap();
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(m.path("big"))
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"E", 1).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    keyed_workload(&m, &small, &big);
     // the last write(2) carried no marker: fuser's request buffer holds only "E" now…
     fs::write(m.path("last"), b"no secret here").unwrap();
     std::thread::sleep(idle);

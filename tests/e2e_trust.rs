@@ -38,19 +38,8 @@ fn no_log_filter_gets_the_key_into_the_log() {
     for filter in filters {
         let b = TestBucket::new();
         let mut m = Mount::with_log_filter(&b, filter, &["--log-level", "trace"]);
-        fs::write(m.path("a"), b"hello").unwrap();
-        fs::rename(m.path("a"), m.path("b")).unwrap();
-        sh(&format!("chmod 600 '{}'", m.path("b").display()));
+        keyed_workload(&m, b"hello", &random_bytes(12 << 20));
         let _ = fs::read(m.path("b")).unwrap();
-        let big = random_bytes(12 << 20);
-        fs::write(m.path("big"), &big).unwrap();
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(m.path("big"))
-            .unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&f, b"E", 1).unwrap();
-        f.sync_all().unwrap();
-        drop(f);
         m.unmount();
         let log = m.log();
         assert!(

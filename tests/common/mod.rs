@@ -1215,6 +1215,22 @@ pub fn sh_output(script: &str) -> Output {
 // ---------------------------------------------------------------------------------------------
 // data and trees
 
+/// A workload through `m` that makes every kind of keyed request: PutObject (`a` = `small`),
+/// CopyObject with the copy-source trio (rename to `b`, chmod), multipart (`big`) and
+/// UploadPartCopy (a one-byte edit of `big` at offset 1, fsynced). `big` must exceed a part.
+pub fn keyed_workload(m: &Mount, small: &[u8], big: &[u8]) {
+    fs::write(m.path("a"), small).unwrap();
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    sh(&format!("chmod 600 '{}'", m.path("b").display()));
+    fs::write(m.path("big"), big).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"E", 1).unwrap();
+    f.sync_all().unwrap();
+}
+
 /// `n` random bytes.
 pub fn random_bytes(n: usize) -> Vec<u8> {
     use rand::RngCore;
