@@ -396,7 +396,10 @@ fn malformed_answers_give_eio_and_the_daemon_lives() {
     }
     let listing = fs::read_dir(m.path("")).map(|d| d.count());
     let new_data = random_bytes(10_000);
-    let new = fs::write(m.path("new.bin"), &new_data);
+    // (close(2)'s answer counts: fs::write drops it)
+    let new = fs::File::create(m.path("new.bin"))
+        .and_then(|mut f| f.write_all(&new_data).map(|()| f))
+        .and_then(close);
     eprintln!(
         "FAULTS malformed: reads correct {correct}, EIO {eio}, other {other:?}; listing \
          {listing:?}; new file {new:?}; proxy: {}",

@@ -533,7 +533,25 @@ impl ObjectStore for AwsStore {
             let req = self.client.head_object().bucket(&self.bucket).key(key);
             let sent = with_key!(req, k).send().await;
             match sent.map_err(map_err(Request::object("HeadObject", key))) {
+                // The answer must say this key opened it: a server that ignores SSE-C answers
+                // any HEAD, and an answer stripped on the way proves nothing. Not a plain object
+                // either (that is one the keyed HEADs are refused for): an error to retry.
                 Ok(out) => {
+                    if self
+                        .confirm_sse_c(
+                            "HeadObject",
+                            key,
+                            k,
+                            out.sse_customer_algorithm(),
+                            out.sse_customer_key_md5(),
+                        )
+                        .is_err()
+                    {
+                        return Err(malformed(
+                            Request::object("HeadObject", key),
+                            "answer under a key without its SSE-C echo (AES256 and the key's MD5)",
+                        ));
+                    }
                     found = Some((out, i as u8));
                     break;
                 }
@@ -565,9 +583,6 @@ impl ObjectStore for AwsStore {
                 "answer without Content-Length",
             ));
         };
-        // (The SSE-C echo of a HEAD is not required: the data is believed only from a GET
-        // that carries it, and every read-write mount's probe write refuses a server that
-        // ignores SSE-C. A plain object is one the keyed HEADs are refused for.)
         let sealing = match opened_by {
             Some(i) => Sealing::Key(i),
             None => Sealing::Plain,
@@ -737,7 +752,27 @@ impl ObjectStore for AwsStore {
         let encoded = out.encoding_type() == Some(&EncodingType::Url);
         // A listing is believed only if it is one: every key under the prefix and with a
         // size, a continuation token when truncated (a garbled page must not hide, invent or
-        // shrink files).
+        // shrink files), and whole. The SDK's parser accepts a page cut short (one ending after
+        // a few entries, with a Content-Length to match): such a page
+        // would hide the files after the cut, and a cached listing then answers ENOENT for
+        // them. KeyCount (Garage sends it before the entries, AWS after) must count the
+        // entries; a server without it must at least have sent IsTruncated and Name (AWS
+        // sends Name after the entries).
+        let answered = out.contents().len() + out.common_prefixes().len();
+        let whole = match out.key_count() {
+            Some(n) => usize::try_from(n) == Ok(answered),
+            None => out.name().is_some(),
+        };
+        if !whole || out.is_truncated().is_none() {
+            return Err(malformed(
+                req(),
+                format!(
+                    "a page cut short: KeyCount {:?} for {answered} entries, IsTruncated {:?}",
+                    out.key_count(),
+                    out.is_truncated()
+                ),
+            ));
+        }
         let mut objects = Vec::with_capacity(out.contents().len());
         for o in out.contents() {
             let key = match o.key() {
@@ -1447,10 +1482,30 @@ mod tests {
         }
     }
 
-    /// A server that ignores SSE-C answers reads too, with whatever it holds: a GET under a key
-    /// whose answer does not say that key opened it is refused.
+    /// A server that ignores SSE-C answers reads too, with whatever it holds: a GET or a HEAD
+    /// under a key whose answer does not say that key opened it is refused (a HEAD's refusal
+    /// is an error to retry, EIO, not a verdict that the object is plain).
     #[tokio::test]
     async fn reads_are_believed_only_with_the_sse_c_echo() {
+        let head_answer = || {
+            let mut a = HttpResponse::new(
+                200.try_into().unwrap(),
+                aws_smithy_types::body::SdkBody::empty(),
+            );
+            a.headers_mut().insert("content-length", "10");
+            a
+        };
+        let (s, _rx) = store_answering(KeyRing::single(key()), Some(head_answer()));
+        let e = s.head("a").await.unwrap_err();
+        assert!(
+            matches!(&e, S3Error::Other { code, .. } if code == "MalformedResponse"),
+            "{e:?}"
+        );
+        let (s, _rx) =
+            store_answering(KeyRing::single(key()), Some(echoing(head_answer(), &key())));
+        let info = s.head("a").await.unwrap();
+        assert_eq!((info.size, info.sealing), (10, Sealing::PRIMARY));
+
         let mut buf = [0u8; 10];
         let (s, _rx) = store_answering(
             KeyRing::single(key()),
@@ -1708,11 +1763,18 @@ mod tests {
         };
         let bad = [
             // a key outside the prefix (a garbled page once panicked the daemon)
-            "<ListBucketResult><Contents><Key>zzz</Key><Size>1</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><KeyCount>1</KeyCount><IsTruncated>false</IsTruncated>\
+             <Contents><Key>zzz</Key><Size>1</Size></Contents></ListBucketResult>",
             // no size: not "an empty file"
-            "<ListBucketResult><Contents><Key>d/x</Key></Contents></ListBucketResult>",
+            "<ListBucketResult><KeyCount>1</KeyCount><IsTruncated>false</IsTruncated>\
+             <Contents><Key>d/x</Key></Contents></ListBucketResult>",
             // truncated without a way to go on: not "the end"
             "<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>",
+            // cut short, as Garage orders a page (KeyCount first) and as AWS does (Name last)
+            "<ListBucketResult><Name>b</Name><KeyCount>2</KeyCount><IsTruncated>false</IsTruncated>\
+             <Contents><Key>d/x</Key><Size>3</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><IsTruncated>false</IsTruncated>\
+             <Contents><Key>d/x</Key><Size>3</Size></Contents></ListBucketResult>",
         ];
         for xml in bad {
             let (s, _rx) = store_answering(KeyRing::single(key()), Some(page(xml)));
@@ -1725,8 +1787,10 @@ mod tests {
         let (s, _rx) = store_answering(
             KeyRing::single(key()),
             Some(page(
-                "<ListBucketResult><Contents><Key>d/x</Key><Size>3</Size></Contents>\
-                 <CommonPrefixes><Prefix>d/e/</Prefix></CommonPrefixes></ListBucketResult>",
+                "<ListBucketResult><IsTruncated>false</IsTruncated>\
+                 <Contents><Key>d/x</Key><Size>3</Size></Contents>\
+                 <CommonPrefixes><Prefix>d/e/</Prefix></CommonPrefixes><Name>b</Name>\
+                 </ListBucketResult>",
             )),
         );
         let p = s.list("d/", Some("/"), None, None).await.unwrap();
@@ -1747,6 +1811,7 @@ mod tests {
             KeyRing::single(key()),
             Some(ok_answer(
                 "<ListBucketResult><EncodingType>url</EncodingType>\
+                 <KeyCount>5</KeyCount><IsTruncated>false</IsTruncated>\
                  <Contents><Key>d%2Fa%01b</Key><Size>1</Size></Contents>\
                  <Contents><Key>d%2Fnot%FFutf8</Key><Size>1</Size></Contents>\
                  <Contents><Key>d/new%0Aline+and%2Bplus</Key><Size>2</Size></Contents>\
@@ -1768,8 +1833,8 @@ mod tests {
         let (s, _rx) = store_answering(
             KeyRing::single(key()),
             Some(ok_answer(
-                "<ListBucketResult><Contents><Key>d/100%25+x</Key><Size>1</Size></Contents>\
-                 </ListBucketResult>",
+                "<ListBucketResult><KeyCount>1</KeyCount><IsTruncated>false</IsTruncated>\
+                 <Contents><Key>d/100%25+x</Key><Size>1</Size></Contents></ListBucketResult>",
             )),
         );
         let p = s.list("d/", Some("/"), None, None).await.unwrap();

@@ -224,11 +224,15 @@ pub enum S3Error {
 }
 
 impl S3Error {
-    /// Worth retrying (transient network trouble or a 5xx).
+    /// Worth retrying: transient network trouble, a 5xx, or an answer garbled on the way.
     pub fn is_transient(&self) -> bool {
         match self {
             S3Error::Transport(_) => true,
-            S3Error::Other { status, .. } => *status >= 500 || *status == 429,
+            S3Error::Other { status, .. } if *status >= 500 || *status == 429 => true,
+            // (a garbled answer says nothing about the object: remembering it as the
+            // object's state would keep a file unreadable after the network healed)
+            S3Error::Other { code, .. } => code == "MalformedResponse",
+            S3Error::Unreadable { .. } => true,
             _ => false,
         }
     }
