@@ -71,7 +71,7 @@ use crate::upload::{DirtyFile, UploadConfig};
 use attr::{Attr, Defaults, Kind};
 use error::{FsError, FsResult};
 use handles::Handles;
-use inode::{Listing, Node, ROOT};
+use inode::{Node, ROOT};
 use namespace::Namespace;
 use persist::Persister;
 use writeback::{Files, WriteBackQueue};
@@ -489,7 +489,7 @@ impl Fs {
             Ok(()) => self.drop_if_closed(ino),
             Err(e) => {
                 // No application sees a release's answer (pages written through mmap after
-                // close are flushed here): say which file, and report it at its next open,
+                // close are uploaded here): say which file, and report it at its next open,
                 // close, fsync or unmount, while the data waits in memory for that retry.
                 let path = self.describe(ino);
                 tracing::error!(ino, path = %path, error = %e, "upload at the last release failed; the data stays in memory and the failure is reported on the next open, close, fsync or unmount");
@@ -572,21 +572,8 @@ impl Fs {
         self.names.forget_head(&key);
         let mut node = self.names.new_node(attr.clone(), true);
         node.lookups = 1;
-        let ino = {
-            let mut t = self.names.table();
-            let ino = t.upsert(parent, name, node);
-            // A new directory is empty: its listing is complete.
-            t.listings.insert(
-                ino,
-                Listing {
-                    entries: Default::default(),
-                    taken: std::time::Instant::now(),
-                },
-            );
-            ino
-        };
-        let entry = Namespace::entry_of(&attr, "");
-        self.names.listing_update(parent, name, Some(entry));
+        // A new directory is empty: its listing is complete.
+        let ino = self.names.insert(parent, name, node, true);
         Ok((ino, attr))
     }
 
@@ -615,12 +602,7 @@ impl Fs {
             Err(e) => return Err(e.into()),
         }
         self.names.forget_head(&key);
-        let mut t = self.names.table();
-        t.detach(ino);
-        t.listings.remove(&ino);
-        if let Some(l) = t.listings.get_mut(&parent) {
-            l.entries.remove(name);
-        }
+        self.names.remove(ino, parent, name);
         Ok(())
     }
 
@@ -646,8 +628,7 @@ impl Fs {
         self.meta.settle(ino);
         self.names.forget_head(&key);
         self.wctx.cache.invalidate(&key);
-        self.names.table().detach(ino);
-        self.names.listing_update(parent, name, None);
+        self.names.remove(ino, parent, name);
         Ok(())
     }
 
@@ -672,9 +653,7 @@ impl Fs {
         node.etag = etag.clone();
         node.lookups = 1;
         node.link_target = Some(target.to_owned());
-        let ino = self.names.table().upsert(parent, name, node);
-        let entry = Namespace::entry_of(&attr, &etag);
-        self.names.listing_update(parent, name, Some(entry));
+        let ino = self.names.insert(parent, name, node, false);
         Ok((ino, attr))
     }
 
@@ -726,7 +705,8 @@ impl Fs {
         } else {
             self.rename_file(ino, new_parent, new_name, dst).await?;
         }
-        self.rename_in_table(ino, parent, name, new_parent, new_name)
+        self.names
+            .moved(ino, (parent, name), (new_parent, new_name))
     }
 
     /// Filesystem statistics.

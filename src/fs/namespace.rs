@@ -20,9 +20,9 @@ use crate::upload::file::Target;
 
 type HeadCell = Arc<OnceCell<S3Result<ObjectInfo>>>;
 
-/// The inode table with its listings, and the HEAD cache. Locks: `table` before nothing but
-/// the attribute persister's set (see the lock order in `fs/mod.rs`); `heads` and `warned`
-/// are leaves.
+/// The inode table with its listings, and the HEAD cache. Locks (see the lock order in
+/// `fs/mod.rs`): `table` is taken after the namespace lock and a file state, and before the
+/// files map and the attribute persister's set; `heads` and `warned` are leaves.
 pub(super) struct Namespace {
     store: Arc<dyn ObjectStore>,
     prefix: String,
@@ -261,7 +261,7 @@ impl Namespace {
 
     /// The child `name` of directory `parent` when the table's node can be trusted without
     /// asking the server: fresh, open, not on the server yet, or `pinned` (its attributes are
-    /// not on the server yet, so the server's are older). Called with the table locked.
+    /// not on the server yet, so the server's are older). `pinned` runs with the table locked.
     pub(super) fn trusted_child(
         &self,
         parent: u64,
@@ -496,6 +496,57 @@ impl Namespace {
             });
         }
         entries
+    }
+
+    /// Record new node `node` as `parent/name`; with `complete`, a directory known empty
+    /// (just made), whose listing is complete without asking the server.
+    pub(super) fn insert(&self, parent: u64, name: &str, node: Node, complete: bool) -> u64 {
+        let entry = Self::entry_of(&node.attr, &node.etag);
+        let ino = {
+            let mut t = self.table();
+            let ino = t.upsert(parent, name, node);
+            if complete {
+                let entries = BTreeMap::new();
+                let taken = Instant::now();
+                t.listings.insert(ino, Listing { entries, taken });
+            }
+            ino
+        };
+        self.listing_update(parent, name, Some(entry));
+        ino
+    }
+
+    /// `ino`, at `parent/name`, is gone from the server: unlink it here too.
+    pub(super) fn remove(&self, ino: u64, parent: u64, name: &str) {
+        let mut t = self.table();
+        t.detach(ino);
+        t.listings.remove(&ino);
+        if let Some(l) = t.listings.get_mut(&parent) {
+            l.entries.remove(name);
+        }
+    }
+
+    /// `ino` was renamed from `parent/name` to `new_parent/new_name` on the server: here too.
+    /// Every cached HEAD may name a moved object, so all are dropped.
+    pub(super) fn moved(
+        &self,
+        ino: u64,
+        (parent, name): (u64, &str),
+        (new_parent, new_name): (u64, &str),
+    ) -> FsResult<()> {
+        let entry = {
+            let mut t = self.table();
+            let node = t.get(ino).ok_or(FsError::BadHandle)?;
+            let entry = Self::entry_of(&node.attr, &node.etag);
+            t.rename(ino, new_parent, new_name);
+            if let Some(l) = t.listings.get_mut(&parent) {
+                l.entries.remove(name);
+            }
+            entry
+        };
+        self.listing_update(new_parent, new_name, Some(entry));
+        self.forget_all_heads();
+        Ok(())
     }
 
     /// Is the directory empty on the server and locally?

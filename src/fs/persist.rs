@@ -61,6 +61,16 @@ impl Persister {
         self.pending.lock().unwrap().contains(&ino)
     }
 
+    /// Mark `ino`'s attributes as not on the server yet; false when they already were.
+    fn mark(&self, ino: u64) -> bool {
+        self.pending.lock().unwrap().insert(ino)
+    }
+
+    /// Take `ino` out of the set to store its attributes; false when it was not in it.
+    fn take(&self, ino: u64) -> bool {
+        self.pending.lock().unwrap().remove(&ino)
+    }
+
     /// `ino`'s pending attributes are on the server now (carried by a copy) or moot.
     pub(super) fn settle(&self, ino: u64) {
         self.pending.lock().unwrap().remove(&ino);
@@ -127,7 +137,7 @@ impl Fs {
 
     /// Write the attributes of closed file `ino` [`META_DELAY`] from now.
     async fn defer_metadata(&self, ino: u64) -> FsResult<()> {
-        if !self.meta.pending.lock().unwrap().insert(ino) {
+        if !self.meta.mark(ino) {
             return Ok(()); // already scheduled; it will write the latest attributes
         }
         let Some(me) = self.me.upgrade() else {
@@ -152,7 +162,7 @@ impl Fs {
         }
         let _ns = self.namespace.read().await;
         let _counted = MetaStore::start(&self.meta);
-        if !self.meta.pending.lock().unwrap().remove(&ino) {
+        if !self.meta.take(ino) {
             return Ok(());
         }
         let Ok(node) = self.names.node(ino) else {
@@ -163,7 +173,7 @@ impl Fs {
         }
         let result = self.store_metadata(ino, &node.attr).await;
         if result.is_err() {
-            self.meta.pending.lock().unwrap().insert(ino);
+            self.meta.mark(ino);
         } else if !self.files.contains(ino) {
             // the kernel may have forgotten the inode meanwhile (see `forget`)
             self.names.table().forget(ino, 0);

@@ -10,7 +10,6 @@ use bytes::Bytes;
 
 use super::attr::Kind;
 use super::error::{FsError, FsResult};
-use super::namespace::Namespace;
 use super::writeback::HeldFile;
 use super::{Fs, PLAIN_REFUSED};
 use crate::cache::blocks::ObjectRef;
@@ -56,30 +55,6 @@ impl Fs {
             return Err(FsError::Invalid("cannot move a directory into itself"));
         }
         Ok(Some((ino, dst)))
-    }
-
-    /// The objects are moved: move `ino` from `parent/name` to `new_parent/new_name` in the
-    /// table and the listings.
-    pub(super) fn rename_in_table(
-        &self,
-        ino: u64,
-        parent: u64,
-        name: &str,
-        new_parent: u64,
-        new_name: &str,
-    ) -> FsResult<()> {
-        let node = self.names.node(ino)?;
-        {
-            let mut t = self.names.table();
-            t.rename(ino, new_parent, new_name);
-            if let Some(l) = t.listings.get_mut(&parent) {
-                l.entries.remove(name);
-            }
-        }
-        let entry = Namespace::entry_of(&node.attr, &node.etag);
-        self.names.listing_update(new_parent, new_name, Some(entry));
-        self.names.forget_all_heads();
-        Ok(())
     }
 
     /// Rename a file or symlink's object; `dst` is the inode it replaces.

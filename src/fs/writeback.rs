@@ -26,8 +26,8 @@ pub(super) type FileState = Arc<tokio::sync::Mutex<DirtyFile>>;
 /// A file's state, held.
 pub(super) type HeldFile = OwnedMutexGuard<DirtyFile>;
 
-/// The in-memory states by inode. The map's lock is taken after the inode table (and before
-/// the attribute persister's set); a file's own state is never locked while it is held.
+/// The in-memory states by inode. The map's lock is taken after the inode table and before
+/// the attribute persister's set; no file state is waited for while the map is locked.
 #[derive(Default)]
 pub(super) struct Files {
     map: Mutex<HashMap<u64, FileState>>,
