@@ -330,22 +330,18 @@ impl Fs {
     /// Look up `name` in `parent`; counts a kernel reference.
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<(u64, Attr)> {
         let ino = self.resolve(parent, name).await?;
-        let mut t = self.names.table();
-        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-        n.lookups += 1;
-        Ok((ino, n.attr.clone()))
+        let attr = self.names.update(ino, |n| {
+            n.lookups += 1;
+            n.attr.clone()
+        });
+        Ok((ino, attr.ok_or(FsError::NotFound)?))
     }
 
     /// Drop `n` kernel references.
     pub fn forget(&self, ino: u64, n: u64) {
         // a node with changes not yet on the server stays until they are
         let busy = self.files.contains(ino) || self.meta.is_pending(ino);
-        let mut t = self.names.table();
-        if !busy {
-            t.forget(ino, n);
-        } else if let Some(node) = t.get_mut(ino) {
-            node.lookups = node.lookups.saturating_sub(n);
-        }
+        self.names.forget(ino, n, busy);
     }
 
     /// Current attributes.

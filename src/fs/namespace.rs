@@ -96,6 +96,17 @@ impl Namespace {
         self.table().get_mut(ino).map(f)
     }
 
+    /// The kernel dropped `n` references to `ino`: forget the node when nothing refers to
+    /// it, unless `keep` (it has changes not on the server yet).
+    pub(super) fn forget(&self, ino: u64, n: u64, keep: bool) {
+        let mut t = self.table();
+        if !keep {
+            t.forget(ino, n);
+        } else if let Some(node) = t.get_mut(ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+    }
+
     /// Where an upload of `ino` goes: its key and its attributes as metadata.
     pub(super) fn target(&self, ino: u64) -> FsResult<Target> {
         let key = self.file_key(ino)?;

@@ -323,3 +323,61 @@ fn record_upload(
     names.listing_update(parent, &name, Some(entry));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::upload::UploadConfig;
+
+    fn files(inos: &[u64]) -> Files {
+        let files = Files::default();
+        for &ino in inos {
+            files.insert(ino, DirtyFile::new(None, &UploadConfig::default()));
+        }
+        files
+    }
+
+    /// Several file states are locked in inode order, each once, skipping inodes without one.
+    #[tokio::test]
+    async fn lock_in_order_locks_each_state_once_in_inode_order() {
+        let files = files(&[3, 5, 9]);
+        let held = files.lock_in_order(vec![9, 3, 4, 9, 5]).await;
+        assert_eq!(held.len(), 3);
+        for ino in [3, 5, 9] {
+            assert!(
+                files.get(ino).unwrap().try_lock().is_err(),
+                "{ino} not held"
+            );
+        }
+        drop(held);
+        assert!(files.get(3).unwrap().try_lock().is_ok());
+    }
+
+    /// Two tasks locking overlapping sets given in opposite orders do not deadlock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opposite_orders_do_not_deadlock() {
+        let files = Arc::new(files(&[1, 2, 3, 4]));
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let files = files.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..200 {
+                    let inos = if i % 2 == 0 {
+                        vec![1, 2, 3, 4]
+                    } else {
+                        vec![4, 3, 2, 1]
+                    };
+                    let held = files.lock_in_order(inos).await;
+                    tokio::task::yield_now().await;
+                    drop(held);
+                }
+            }));
+        }
+        let all = futures::future::join_all(tasks);
+        tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .expect("no deadlock");
+    }
+}
