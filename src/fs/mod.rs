@@ -13,29 +13,32 @@
 //! [`Fs`] is a facade: each POSIX operation is a short method over parts that own their state
 //! and their locks:
 //!
-//! - [`namespace`]: the inode table, listings and the HEAD cache; resolving names.
-//! - [`handles`]: open handles, read-ahead detection and the read path.
-//! - [`writeback`]: files being written ([`writeback::Files`]), their uploads, and the
-//!   `--write-back` queue.
-//! - [`persist`]: the attribute persister (folded into an upload, a copy onto itself, or a
+//! - `namespace.rs`: the inode table, listings and the HEAD cache; resolving names.
+//! - `handles.rs`: open handles, read-ahead detection and the read path.
+//! - `writeback.rs`: files being written (`Files`), their uploads, and the `--write-back`
+//!   queue.
+//! - `persist.rs`: the attribute persister (folded into an upload, a copy onto itself, or a
 //!   directory marker).
-//! - [`rename`]: the rename engine.
-//! - `pending`: what is not on the server yet, and storing all of it (`flush_all`).
+//! - `rename.rs`: the rename engine.
+//! - `pending.rs`: what is not on the server yet, and storing all of it (`flush_all`).
 //!
 //! # Lock order
 //!
-//! A lock is only ever taken while holding locks above it in this list:
+//! A lock is only ever taken while holding locks above it in this list, in short
+//! namespace → file states (in inode order) → table → files map → pending attributes:
 //!
 //! 1. `Fs::namespace`, the namespace lock (`tokio::sync::RwLock<()>`, held across requests):
 //!    exclusive for `rename` and `unlink` from their first request to their table update;
 //!    shared by a read or a rebuild that found its object changed or gone
 //!    (`read_changed_object`, `rebuilt_after`) and by an attribute store
 //!    (`persist_metadata`). Never taken while holding a file state (`rebuilt_after` lets
-//!    its state go first), and never twice by one task.
+//!    its state go first), and never twice by one task (tokio's lock is write-preferring:
+//!    a second shared lock would wait behind a queued rename).
 //! 2. The file states (`tokio::sync::Mutex<DirtyFile>`, one per entry of `Files`, held
 //!    across uploads and copies). Several at once only through `Files::lock_in_order`, in
 //!    inode order (a directory rename); otherwise one at a time.
-//! 3. `Namespace::table` (the inode table and its listings).
+//! 3. `Namespace::table` (the inode table and its listings; a file state holder records an
+//!    upload or a copy in it).
 //! 4. `Files::map` (which files have an in-memory state).
 //! 5. `Persister::pending` (closed files whose attributes are not stored yet).
 //!
@@ -678,7 +681,7 @@ impl Fs {
         Ok(target)
     }
 
-    /// Rename a file, symlink or whole directory (see [`rename`]: copies, then deletes).
+    /// Rename a file, symlink or whole directory (see `rename.rs`: copies, then deletes).
     pub async fn rename(
         &self,
         parent: u64,
