@@ -242,7 +242,7 @@ impl Table {
         false
     }
 
-    /// Every node (for sweeps such as flushing all open files below a directory).
+    /// Every node (for sweeps such as uploading all open files below a directory).
     pub fn inodes(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
     }

@@ -37,7 +37,7 @@ impl Fs {
     /// A snapshot of what is pending. Never waits: a file whose state is locked (being
     /// written or uploaded) counts as one pending file of unknown size.
     pub fn pending(&self) -> Pending {
-        let files: Vec<_> = self.files.lock().unwrap().values().cloned().collect();
+        let files = self.files.states();
         let mut p = Pending::default();
         for f in files {
             match f.try_lock() {
@@ -49,20 +49,14 @@ impl Fs {
                 Err(_) => p.files += 1,
             }
         }
-        p.attributes = self.meta_pending.lock().unwrap().len();
-        p.failed = self.failed_uploads.lock().unwrap().len();
+        p.attributes = self.meta.count();
+        p.failed = self.wb.failure_count();
         p
     }
 
     /// The files whose last upload failed, by path, with the error.
     pub fn failures(&self) -> Vec<(String, String)> {
-        let failed: Vec<(u64, String)> = self
-            .failed_uploads
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(ino, e)| (*ino, e.to_string()))
-            .collect();
+        let failed = self.wb.failures();
         let mut v: Vec<(String, String)> = failed
             .into_iter()
             .map(|(ino, e)| (self.describe(ino), e))
@@ -75,13 +69,13 @@ impl Fs {
     /// Returns how many failed. For [`FlushAll::Sync`] a failure stays in memory and is
     /// reported again at the file's next open, close, fsync, sync or unmount.
     pub async fn flush_all(&self, why: FlushAll) -> usize {
-        // A delayed store that took its inode out of `meta_pending` before this looked must
+        // A delayed store that took its inode out of the attribute persister's set before this looked must
         // finish too (before and after: it may take the inode while this goes through them).
-        self.meta_stores_settled().await;
-        let metas: Vec<u64> = self.meta_pending.lock().unwrap().iter().copied().collect();
+        self.meta.stores_settled().await;
+        let metas = self.meta.pending_inos();
         let mut failed_meta = 0;
         for ino in metas {
-            if let Err(e) = self.flush_metadata(ino).await {
+            if let Err(e) = self.persist_metadata(ino).await {
                 let path = self.describe(ino);
                 match why {
                     FlushAll::Unmount => {
@@ -94,13 +88,13 @@ impl Fs {
                 failed_meta += 1;
             }
         }
-        self.meta_stores_settled().await;
-        let inos: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
+        self.meta.stores_settled().await;
+        let inos = self.files.inos();
         let results = futures::stream::iter(inos.into_iter().map(|ino| async move {
-            let r = self.flush_ino(ino).await;
+            let r = self.upload_ino(ino).await;
             match r {
                 Ok(()) => {
-                    self.failed_uploads.lock().unwrap().remove(&ino);
+                    self.wb.take_failure(ino);
                 }
                 Err(e) => {
                     // name what is lost: the user has no other way to learn it
@@ -109,7 +103,7 @@ impl Fs {
                         FlushAll::Unmount => tracing::error!(ino, path = %path, error = %e, "could not upload a file at unmount; its unsaved changes are lost"),
                         FlushAll::Sync => {
                             tracing::error!(ino, path = %path, error = %e, "sync could not upload a file; the data stays in memory for the next try");
-                            self.failed_uploads.lock().unwrap().insert(ino, e);
+                            self.wb.record_failure(ino, e);
                         }
                     }
                     return true;
