@@ -125,7 +125,7 @@ done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ssecfs-target}
 if ((BUILD)); then
 	log "cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-	cargo build --release --bin ssecfs --bin ssecfs-raw-bench >&2 || die "cargo build failed"
+	cargo build --release --workspace --bin ssecfs --bin ssecfs-raw-bench >&2 || die "cargo build failed"
 fi
 for b in ssecfs ssecfs-raw-bench; do
 	[[ -x $CARGO_TARGET_DIR/release/$b ]] || die "$CARGO_TARGET_DIR/release/$b is missing"

@@ -34,30 +34,16 @@ pub fn check_lock_all() -> Result<(), LockAllError> {
     if crate::cache::arena::has_cap_ipc_lock() {
         return Ok(());
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Err(LockAllError::Failed(std::io::Error::last_os_error()));
-    }
-    if lim.rlim_cur == libc::RLIM_INFINITY {
+    let (soft, hard) = crate::sys::memlock_limit().map_err(LockAllError::Failed)?;
+    if soft == libc::RLIM_INFINITY {
         return Ok(());
     }
-    if lim.rlim_max == libc::RLIM_INFINITY {
-        let raised = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
-            return Ok(());
-        }
+    if hard == libc::RLIM_INFINITY
+        && crate::sys::set_memlock_limit(libc::RLIM_INFINITY, libc::RLIM_INFINITY).is_ok()
+    {
+        return Ok(());
     }
-    Err(LockAllError::Limit {
-        limit: lim.rlim_cur,
-    })
+    Err(LockAllError::Limit { limit: soft })
 }
 
 /// Lock every page of the process, present and future, as each is first touched
@@ -65,11 +51,7 @@ pub fn check_lock_all() -> Result<(), LockAllError> {
 /// RAM). Call [`check_lock_all`] first.
 pub fn lock_all_memory() -> Result<(), LockAllError> {
     check_lock_all()?;
-    // SAFETY: mlockall takes flags only.
-    let r = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
-    if r != 0 {
-        return Err(LockAllError::Failed(std::io::Error::last_os_error()));
-    }
+    crate::sys::lock_all_memory().map_err(LockAllError::Failed)?;
     ALL_LOCKED.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
@@ -84,10 +66,7 @@ pub fn all_memory_locked() -> bool {
 
 /// Make the process non-dumpable: no core files, no ptrace by other users, /proc/PID/mem closed.
 pub fn forbid_core_dumps() {
-    // SAFETY: PR_SET_DUMPABLE takes an integer argument and has no memory effects.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
+    crate::sys::set_not_dumpable();
 }
 
 #[cfg(test)]

@@ -405,7 +405,7 @@ pub fn generate_key_file(path: &Path) -> Result<CustomerKey, KeyError> {
         source,
     };
     let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-    getrandom_fill(&mut bytes[..]).map_err(io)?;
+    crate::sys::getrandom(&mut bytes[..]).map_err(io)?;
     let key = CustomerKey::from_bytes(&bytes)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -417,25 +417,6 @@ pub fn generate_key_file(path: &Path) -> Result<CustomerKey, KeyError> {
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     Ok(key)
-}
-
-/// Fill from the OS RNG (getrandom(2)).
-fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which we own.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -38,8 +38,7 @@ pub fn init(level: &str, target: Target) {
     let lines: Boxed = match (file, target) {
         (Some(f), _) => fmt.with_ansi(false).with_writer(Mutex::new(f)).boxed(),
         (None, Target::Syslog | Target::File(_)) => {
-            // SAFETY: openlog keeps the pointer; the identifier is a 'static C string.
-            unsafe { libc::openlog(c"ssecfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            crate::sys::openlog();
             fmt.with_ansi(false)
                 .without_time()
                 .with_writer(|| SyslogWriter)
@@ -160,8 +159,7 @@ impl Write for SyslogWriter {
         };
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             if let Ok(c) = std::ffi::CString::new(line.replace('\0', " ")) {
-                // SAFETY: a constant format string and one NUL-terminated argument.
-                unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+                crate::sys::syslog(priority, &c);
             }
         }
         Ok(buf.len())

@@ -9,7 +9,6 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -589,21 +588,11 @@ fn mount(m: MountArgs) -> Result<(), String> {
         return serve(&m, &prep, &mut None);
     }
     // Detach: fork now (no threads yet), the child reports readiness through a pipe.
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two descriptors into the array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors were just created and are owned here only.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the process is single-threaded here (no runtime, no logging threads yet).
-    match unsafe { libc::fork() } {
-        -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
-        0 => {
+    let (read_end, write_end) = crate::sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    match crate::sys::fork().map_err(|e| format!("fork: {e}"))? {
+        crate::sys::Forked::Child => {
             drop(read_end);
-            // SAFETY: setsid has no memory effects; we are the child of a fresh fork.
-            unsafe { libc::setsid() };
+            crate::sys::setsid();
             redirect_stdio();
             crate::log::init(
                 &m.log_level,
@@ -621,7 +610,7 @@ fn mount(m: MountArgs) -> Result<(), String> {
             }
             std::process::exit(if result.is_ok() { 0 } else { 1 });
         }
-        _child => {
+        crate::sys::Forked::Parent => {
             drop(write_end);
             let mut msg = String::new();
             let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
@@ -642,13 +631,8 @@ fn redirect_stdio() {
         .write(true)
         .open("/dev/null")
     {
-        use std::os::fd::AsRawFd;
-        // SAFETY: dup2 onto the standard descriptors of this process.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), 0);
-            libc::dup2(null.as_raw_fd(), 1);
-            libc::dup2(null.as_raw_fd(), 2);
-        }
+        use std::os::fd::AsFd;
+        let _ = crate::sys::redirect_stdio(null.as_fd());
     }
 }
 
@@ -701,8 +685,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
             }
         });
     }
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = crate::sys::ids();
     let mut cfg = FsConfig::new(&prep.prefix, m.uid.unwrap_or(uid), m.gid.unwrap_or(gid));
     cfg.defaults.file_perm = (0o666 & !prep.umask) as u16;
     cfg.defaults.dir_perm = (0o777 & !prep.umask) as u16;

@@ -7,7 +7,10 @@
 //! writer is slowed down rather than failed. Buffers are zeroed when released, and freed
 //! mappings are kept in a small pool of common sizes so the hot path does not `mmap` each time.
 //!
-//! All `unsafe` code of the project lives in this module; each block says why it is sound.
+//! The memory `unsafe` of the project lives in this module (system calls in `crate::sys`);
+//! each block says why it is sound.
+
+#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fmt;
@@ -394,39 +397,25 @@ impl fmt::Debug for Reserve {
 /// Try to raise RLIMIT_MEMLOCK (soft, and hard when privileged) to `needed`; return the soft
 /// limit in force afterwards.
 fn raise_memlock_limit(needed: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+    let Ok((soft, hard)) = crate::sys::memlock_limit() else {
         return 0;
-    }
-    if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= needed {
-        return lim.rlim_cur;
-    }
-    let want = libc::rlimit {
-        rlim_cur: if lim.rlim_max == libc::RLIM_INFINITY || lim.rlim_max >= needed {
-            needed
-        } else {
-            lim.rlim_max
-        },
-        rlim_max: lim.rlim_max,
     };
+    if soft == libc::RLIM_INFINITY || soft >= needed {
+        return soft;
+    }
     // First try raising the hard limit too (works as root), then only the soft one.
-    let both = libc::rlimit {
-        rlim_cur: needed,
-        rlim_max: needed.max(lim.rlim_max),
-    };
-    // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &both) } == 0 {
+    if crate::sys::set_memlock_limit(needed, needed.max(hard)).is_ok() {
         return needed;
     }
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &want) } == 0 {
-        return want.rlim_cur;
+    let want = if hard == libc::RLIM_INFINITY || hard >= needed {
+        needed
+    } else {
+        hard
+    };
+    if crate::sys::set_memlock_limit(want, hard).is_ok() {
+        return want;
     }
-    lim.rlim_cur
+    soft
 }
 
 /// CAP_IPC_LOCK lets a process lock memory beyond RLIMIT_MEMLOCK (root in most setups).

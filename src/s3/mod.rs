@@ -12,6 +12,8 @@
 pub mod aws;
 #[cfg(test)]
 pub mod failing;
+// (test code only: the product never runs on an in-memory store)
+#[cfg(any(test, feature = "mock"))]
 pub mod mem;
 
 use std::collections::BTreeMap;

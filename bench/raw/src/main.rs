@@ -365,7 +365,7 @@ async fn put_object(ctx: &Ctx, bucket: &str, key: &str, body: Bytes) -> Result<(
             .put_object()
             .bucket(bucket)
             .key(key)
-            .checksum_crc32_c(ssecfs::s3::crc32c_base64(&body))
+            .checksum_crc32_c(crc32c_base64(&body))
             .body(ByteStream::from(body)),
         ctx.sse
     )
@@ -437,7 +437,7 @@ async fn put_file(
                     let len = part.min(size - off) as usize;
                     let mut buf = vec![0u8; len];
                     f.read_exact_at(&mut buf, off)?;
-                    let crc = ssecfs::s3::crc32c_base64(&buf);
+                    let crc = crc32c_base64(&buf);
                     let out = sse!(
                         ctx.client
                             .upload_part()
@@ -970,4 +970,9 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The CRC32C checksum header value S3 expects (big-endian, base64), as ssecfs sends it.
+fn crc32c_base64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(data).to_be_bytes())
 }
