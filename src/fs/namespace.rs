@@ -125,8 +125,14 @@ impl Namespace {
     pub(super) async fn head_cached(&self, key: &str) -> S3Result<ObjectInfo> {
         let cell = {
             let mut heads = self.heads.lock().unwrap();
+            // (a cell holding a transient error is no answer: a prefetch left it there, and
+            // the object must not stay unreadable after the network healed)
+            let stale_error =
+                |cell: &HeadCell| matches!(cell.get(), Some(Err(e)) if e.is_transient());
             match heads.get(key) {
-                Some((at, cell)) if at.elapsed() < self.attr_ttl => cell.clone(),
+                Some((at, cell)) if at.elapsed() < self.attr_ttl && !stale_error(cell) => {
+                    cell.clone()
+                }
                 _ => {
                     let cell: HeadCell = Arc::default();
                     heads.insert(key.to_owned(), (Instant::now(), cell.clone()));

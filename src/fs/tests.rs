@@ -734,3 +734,36 @@ async fn a_failed_upload_at_release_is_reported_by_the_next_open() {
     fs.release(ino, fh).await.unwrap();
     assert_eq!(mem.raw("m").unwrap(), b"mapped pages");
 }
+
+/// A HEAD that a directory listing prefetched and that failed on the way (a 5xx, a garbled
+/// answer) is not remembered: the next lookup asks again and finds the file.
+#[tokio::test]
+async fn a_failed_prefetched_head_is_asked_again() {
+    use crate::s3::failing::{FailKind, FailingStore};
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    write_file(&fs, ROOT, "a", b"hello").await;
+    // request 1 lists the root, request 2 is the prefetched HEAD of `a`: it fails
+    let failing = Arc::new(FailingStore::new(
+        Arc::new(mem.clone()),
+        2,
+        FailKind::ServerError,
+    ));
+    let fs = Fs::new(
+        FsConfig::new("", 1000, 1000),
+        failing.clone(),
+        Arena::with_cap_unchecked(16 << 20),
+    );
+    let fh = fs.opendir(ROOT).await.unwrap();
+    fs.releasedir(fh);
+    for _ in 0..100 {
+        if failing.requests() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(failing.failed_op(), Some("head"), "{:?}", failing.log());
+    let (_, attr) = fs.lookup(ROOT, "a").await.unwrap();
+    assert_eq!(attr.size, 5);
+}
