@@ -1537,12 +1537,13 @@ impl Fs {
                 let key = self.file_key(ino)?;
                 let etag = crate::s3::copy_any_size(
                     self.store.as_ref(),
-                    &key,
-                    &key,
+                    &crate::s3::CopyRequest {
+                        src: &key,
+                        dst: &key,
+                        meta: Some(&attr.to_metadata()),
+                        src_sealing: node.sealing,
+                    },
                     attr.size,
-                    &attr.to_metadata(),
-                    true,
-                    node.sealing,
                     self.cfg.upload.part_size,
                 )
                 .await?;
@@ -1825,12 +1826,13 @@ impl Fs {
         if node.remote {
             let etag = crate::s3::copy_any_size(
                 self.store.as_ref(),
-                &src_key,
-                &dst_key,
+                &crate::s3::CopyRequest {
+                    src: &src_key,
+                    dst: &dst_key,
+                    meta: Some(&node.attr.to_metadata()),
+                    src_sealing: node.sealing,
+                },
                 node.attr.size,
-                &node.attr.to_metadata(),
-                true,
-                node.sealing,
                 self.cfg.upload.part_size,
             )
             .await?;
@@ -1915,16 +1917,7 @@ impl Fs {
         };
         let src = self.dir_prefix(ino)?;
         let dst_prefix = format!("{}/", self.child_key(new_parent, new_name)?);
-        let mut objects = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self.store.list(&src, None, token.take(), None).await?;
-            objects.extend(page.objects);
-            match page.next {
-                Some(t) => token = Some(t),
-                None => break,
-            }
-        }
+        let objects = self.store.list_all(&src, None).await?.objects;
         if !objects.iter().any(|o| o.key == src) {
             // no marker: write one at the destination so the (maybe empty) directory exists
             let attr = self.node(ino)?.attr;
@@ -1941,23 +1934,34 @@ impl Fs {
                         let info = self.sealed_head(&o.key).await?;
                         crate::s3::copy_any_size(
                             self.store.as_ref(),
-                            &o.key,
-                            &to,
+                            &crate::s3::CopyRequest {
+                                src: &o.key,
+                                dst: &to,
+                                meta: Some(&info.metadata),
+                                src_sealing: info.sealing,
+                            },
                             o.size,
-                            &info.metadata,
-                            true,
-                            info.sealing,
                             self.cfg.upload.part_size,
                         )
                         .await?
                     } else {
                         // Most objects are under the primary key; the others need HEAD to
                         // find theirs (and their metadata, re-tagged with the new key).
-                        match self.store.copy(&o.key, &to, None, Sealing::PRIMARY).await {
+                        let copy = crate::s3::CopyRequest {
+                            src: &o.key,
+                            dst: &to,
+                            meta: None,
+                            src_sealing: Sealing::PRIMARY,
+                        };
+                        match self.store.copy(&copy).await {
                             Err(S3Error::WrongKey) => {
                                 let info = self.sealed_head(&o.key).await?;
                                 self.store
-                                    .copy(&o.key, &to, Some(&info.metadata), info.sealing)
+                                    .copy(&crate::s3::CopyRequest {
+                                        meta: Some(&info.metadata),
+                                        src_sealing: info.sealing,
+                                        ..copy
+                                    })
                                     .await?
                             }
                             other => other?,

@@ -13,7 +13,8 @@ use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK};
 use crate::cache::spill::{part_aad, SealedPart, Spill};
 use crate::fs::error::{FsError, FsResult};
 use crate::s3::{
-    CompletedPart, Metadata, ObjectStore, PartSource, S3Error, Sealing, MAX_PARTS, MIN_PART,
+    CompletedPart, CopyRequest, Metadata, ObjectStore, PartSource, S3Error, Sealing, MAX_PARTS,
+    MIN_PART,
 };
 
 /// Upload tuning shared by all files.
@@ -768,12 +769,13 @@ impl DirtyFile {
         let base = self.base.clone().expect("a copy is owed only with a base");
         let etag = crate::s3::copy_any_size(
             ctx.store.as_ref(),
-            &base.key,
-            &target.key,
+            &CopyRequest {
+                src: &base.key,
+                dst: &target.key,
+                meta: Some(&target.meta),
+                src_sealing: base.sealing,
+            },
             self.size,
-            &target.meta,
-            true,
-            base.sealing,
             self.part,
         )
         .await?;

@@ -19,7 +19,6 @@
 mod connect;
 mod error;
 mod listing;
-mod rotate;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,10 +31,9 @@ use bytes::Bytes;
 
 pub use self::connect::{build_client, ConnectError, Connection, IDLE_CONNECTION, RETRY_ATTEMPTS};
 use self::error::{malformed, map_err, sdk_error};
-pub use self::rotate::{RotateMode, RotateSummary};
 use super::{
-    crc32c_base64, CompletedPart, ListPage, Metadata, ObjectInfo, ObjectStore, PartSource,
-    PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    crc32c_base64, CompletedPart, CopyRequest, ListPage, Metadata, ObjectInfo, ObjectStore,
+    PartSource, PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 use crate::key::{CustomerKey, KeyRing};
 
@@ -474,13 +472,13 @@ impl ObjectStore for AwsStore {
         Ok(out.e_tag().unwrap_or("").to_owned())
     }
 
-    async fn copy(
-        &self,
-        src: &str,
-        dst: &str,
-        meta: Option<&Metadata>,
-        src_sealing: Sealing,
-    ) -> S3Result<String> {
+    async fn copy(&self, copy: &CopyRequest<'_>) -> S3Result<String> {
+        let CopyRequest {
+            src,
+            dst,
+            meta,
+            src_sealing,
+        } = *copy;
         let mut req = with_key!(
             self.client
                 .copy_object()

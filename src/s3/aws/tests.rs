@@ -191,7 +191,14 @@ async fn every_data_operation_carries_the_key() {
     );
 
     let (s, rx) = store();
-    let _ = s.copy("a", "b c", Some(&meta), Sealing::PRIMARY).await;
+    let _ = s
+        .copy(&CopyRequest {
+            src: "a",
+            dst: "b c",
+            meta: Some(&meta),
+            src_sealing: Sealing::PRIMARY,
+        })
+        .await;
     let req = rx.expect_request();
     assert_trio(&req, &k, true);
     assert_eq!(req.headers().get("x-amz-copy-source"), Some("b/a"));
@@ -283,7 +290,12 @@ async fn writes_name_their_key_and_old_keys_open_copy_sources() {
     // sealed (and tagged) with the new one
     let (s, rx) = ring_store(ring());
     let _ = s
-        .copy("a", "b", Some(&Metadata::new()), Sealing::Key(1))
+        .copy(&CopyRequest {
+            src: "a",
+            dst: "b",
+            meta: Some(&Metadata::new()),
+            src_sealing: Sealing::Key(1),
+        })
         .await;
     let req = rx.expect_request();
     assert_eq!(req.headers().get(KEY), Some(new.base64()));
