@@ -17,7 +17,7 @@ impl AwsStore {
     /// A name of a listing as stored: URL-decoded when the answer says it is encoded. `None`
     /// for one that does not decode to UTF-8 (a server's garble, or a name no request could
     /// send back): skipped with one log line, so its neighbours are still listed.
-    pub(super) fn decoded(&self, op: &'static str, encoded: bool, raw: &str) -> Option<String> {
+    fn decoded(&self, op: &'static str, encoded: bool, raw: &str) -> Option<String> {
         if !encoded {
             return Some(raw.to_owned());
         }
