@@ -382,22 +382,22 @@ fn rotate(args: RotateArgs) -> ExitCode {
         .expect("static template"),
     );
     bar.set_prefix(if args.dry_run { "checking" } else { "rotating" });
-    let result: Result<crate::s3::aws::RotateSummary, String> = rt.block_on(async {
+    let result: Result<crate::s3::rotate::RotateSummary, String> = rt.block_on(async {
         let store = connect(&args.conn, &bucket, ring).await?;
-        store
-            .rotate_prefix(
-                &format_prefix(&prefix),
-                crate::s3::aws::RotateMode {
-                    dry_run: args.dry_run,
-                    adopt_plain: args.adopt_plain,
-                },
-                |done, total| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                },
-            )
-            .await
-            .map_err(|e| explain(&e, &bucket, &endpoint))
+        crate::s3::rotate::rotate_prefix(
+            store.as_ref(),
+            &format_prefix(&prefix),
+            crate::s3::rotate::RotateMode {
+                dry_run: args.dry_run,
+                adopt_plain: args.adopt_plain,
+            },
+            |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            },
+        )
+        .await
+        .map_err(|e| explain(&e, &bucket, &endpoint))
     });
     bar.finish_and_clear();
     match result {

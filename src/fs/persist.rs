@@ -220,12 +220,13 @@ impl Fs {
         let key = self.names.file_key(ino)?;
         let etag = crate::s3::copy_any_size(
             self.store.as_ref(),
-            &key,
-            &key,
+            &crate::s3::CopyRequest {
+                src: &key,
+                dst: &key,
+                meta: Some(&attr.to_metadata()),
+                src_sealing: node.sealing,
+            },
             attr.size,
-            &attr.to_metadata(),
-            true,
-            node.sealing,
             self.cfg.upload.part_size,
         )
         .await?;

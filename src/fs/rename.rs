@@ -74,12 +74,13 @@ impl Fs {
         if node.remote {
             let etag = crate::s3::copy_any_size(
                 self.store.as_ref(),
-                &src_key,
-                &dst_key,
+                &crate::s3::CopyRequest {
+                    src: &src_key,
+                    dst: &dst_key,
+                    meta: Some(&node.attr.to_metadata()),
+                    src_sealing: node.sealing,
+                },
                 node.attr.size,
-                &node.attr.to_metadata(),
-                true,
-                node.sealing,
                 self.cfg.upload.part_size,
             )
             .await?;
@@ -214,16 +215,7 @@ impl Fs {
 
     /// Every object under `prefix`, all pages.
     async fn list_all(&self, prefix: &str) -> FsResult<Vec<ListedObject>> {
-        let mut objects = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self.store.list(prefix, None, token.take(), None).await?;
-            objects.extend(page.objects);
-            match page.next {
-                Some(t) => token = Some(t),
-                None => return Ok(objects),
-            }
-        }
+        Ok(self.store.list_all(prefix, None).await?.objects)
     }
 
     /// Copy every one of `objects` from under `src` to under `dst_prefix`, all at once: the
@@ -271,23 +263,34 @@ impl Fs {
             let info = self.sealed_head(&o.key).await?;
             crate::s3::copy_any_size(
                 self.store.as_ref(),
-                &o.key,
-                &to,
+                &crate::s3::CopyRequest {
+                    src: &o.key,
+                    dst: &to,
+                    meta: Some(&info.metadata),
+                    src_sealing: info.sealing,
+                },
                 o.size,
-                &info.metadata,
-                true,
-                info.sealing,
                 self.cfg.upload.part_size,
             )
             .await?
         } else {
             // Most objects are under the primary key; the others need HEAD to find theirs
             // (and their metadata, re-tagged with the new key).
-            match self.store.copy(&o.key, &to, None, Sealing::PRIMARY).await {
+            let copy = crate::s3::CopyRequest {
+                src: &o.key,
+                dst: &to,
+                meta: None,
+                src_sealing: Sealing::PRIMARY,
+            };
+            match self.store.copy(&copy).await {
                 Err(S3Error::WrongKey) => {
                     let info = self.sealed_head(&o.key).await?;
                     self.store
-                        .copy(&o.key, &to, Some(&info.metadata), info.sealing)
+                        .copy(&crate::s3::CopyRequest {
+                            meta: Some(&info.metadata),
+                            src_sealing: info.sealing,
+                            ..copy
+                        })
                         .await?
                 }
                 other => other?,

@@ -555,14 +555,16 @@ async fn a_clean_open_file_whose_object_changed_elsewhere_takes_the_new_base() {
     let fs = fs_on(&mem);
     let (ino, fh) = open_clean_after_append(&fs, ROOT, "f", b"abc", b"d").await;
     let meta = mem.head("f").await.unwrap().metadata;
-    mem.copy("f", "f", Some(&meta), Sealing::PRIMARY)
-        .await
-        .unwrap();
+    let copy = crate::s3::CopyRequest {
+        src: "f",
+        dst: "f",
+        meta: Some(&meta),
+        src_sealing: Sealing::PRIMARY,
+    };
+    mem.copy(&copy).await.unwrap();
     let got = fs.read(ino, fh, 0, 100).await.unwrap();
     assert_eq!(&got[..], b"abcd");
-    mem.copy("f", "f", Some(&meta), Sealing::PRIMARY)
-        .await
-        .unwrap();
+    mem.copy(&copy).await.unwrap();
     fs.write(ino, 4, b"e").await.unwrap();
     fs.release(ino, fh).await.unwrap();
     let fresh = fs_on(&mem);

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, Metadata, ObjectInfo, ObjectStore, PartSource, PendingUpload, Request,
-    S3Error, S3Result, Sealing,
+    CompletedPart, CopyRequest, ListPage, Metadata, ObjectInfo, ObjectStore, PartSource,
+    PendingUpload, Request, S3Error, S3Result, Sealing,
 };
 
 /// How the chosen request fails.
@@ -197,14 +197,8 @@ impl ObjectStore for FailingStore {
         fated!(self, "put", self.inner.put(key, body.clone(), meta))
     }
 
-    async fn copy(
-        &self,
-        src: &str,
-        dst: &str,
-        meta: Option<&Metadata>,
-        src_sealing: Sealing,
-    ) -> S3Result<String> {
-        fated!(self, "copy", self.inner.copy(src, dst, meta, src_sealing))
+    async fn copy(&self, req: &CopyRequest<'_>) -> S3Result<String> {
+        fated!(self, "copy", self.inner.copy(req))
     }
 
     async fn delete(&self, key: &str) -> S3Result<()> {

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore, PartSource,
-    PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    CompletedPart, CopyRequest, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore,
+    PartSource, PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
 };
 
 #[derive(Clone)]
@@ -225,20 +225,17 @@ impl ObjectStore for MemStore {
         Ok(self.store(&mut st, key, body.to_vec(), meta.clone()))
     }
 
-    async fn copy(
-        &self,
-        src: &str,
-        dst: &str,
-        meta: Option<&Metadata>,
-        src_sealing: Sealing,
-    ) -> S3Result<String> {
+    async fn copy(&self, req: &CopyRequest<'_>) -> S3Result<String> {
         let (etag, delay) = {
             let mut st = self.state.lock().unwrap();
             Self::count(&mut st, "copy");
-            let o = st.objects.get(src).ok_or(S3Error::NotFound)?.clone();
-            self.check_key(&o, src_sealing)?;
-            let meta = meta.cloned().unwrap_or(o.meta);
-            (self.store(&mut st, dst, o.data, meta), st.copy_reply_delay)
+            let o = st.objects.get(req.src).ok_or(S3Error::NotFound)?.clone();
+            self.check_key(&o, req.src_sealing)?;
+            let meta = req.meta.cloned().unwrap_or(o.meta);
+            (
+                self.store(&mut st, req.dst, o.data, meta),
+                st.copy_reply_delay,
+            )
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

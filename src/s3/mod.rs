@@ -4,6 +4,8 @@
 //! already bound in. [`aws::AwsStore`] is the only place that builds S3 requests, so the SSE-C
 //! headers cannot be forgotten on one path and not another; [`mem::MemStore`] is an in-memory
 //! store that enforces SSE-C the way Garage does, for fast tests of the filesystem logic.
+//! Whatever needs only the trait is written against it ([`copy_any_size`], [`rotate`]), so
+//! the in-memory store tests it too.
 //!
 //! Request bodies are [`bytes::Bytes`] built over locked buffers (`Bytes::from_owner`), so
 //! plaintext handed to the HTTP stack still lives in the arena; response bodies are copied
@@ -15,6 +17,7 @@ pub mod failing;
 // (test code only: the product never runs on an in-memory store)
 #[cfg(any(test, feature = "mock"))]
 pub mod mem;
+pub mod rotate;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -247,6 +250,19 @@ impl S3Error {
 
 pub type S3Result<T> = Result<T, S3Error>;
 
+/// A server-side copy of one object to another (CopyObject, or UploadPartCopy parts): the
+/// copy is sealed with the primary key, the source opened with `src_sealing`.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyRequest<'a> {
+    pub src: &'a str,
+    pub dst: &'a str,
+    /// `Some`: the copy's metadata, replacing the source's (how chmod and utimens work);
+    /// `None`: the source's, kept.
+    pub meta: Option<&'a Metadata>,
+    /// Which key opens the source (what [`ObjectStore::head`] found).
+    pub src_sealing: Sealing,
+}
+
 /// Where an UploadPartCopy takes its bytes: `range` of object `key`, opened with `sealing`.
 /// With `etag`, only from that version of the object: an edit of a big file copies its
 /// unchanged parts from the version it was based on, and when another client replaced the
@@ -308,16 +324,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Sent with a CRC32C of the body, which the server checks before storing anything.
     async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String>;
 
-    /// CopyObject `src` → `dst` with both key trios; the copy is sealed with the primary key.
-    /// `meta` given: replace metadata (the way chmod/utimens work); `None`: keep the source's.
-    /// Sources up to 5 GiB.
-    async fn copy(
-        &self,
-        src: &str,
-        dst: &str,
-        meta: Option<&Metadata>,
-        src_sealing: Sealing,
-    ) -> S3Result<String>;
+    /// CopyObject `req.src` → `req.dst` with both key trios; the copy is sealed with the
+    /// primary key. Sources up to 5 GiB (above: [`copy_any_size`]).
+    async fn copy(&self, req: &CopyRequest<'_>) -> S3Result<String>;
 
     async fn delete(&self, key: &str) -> S3Result<()>;
 
@@ -329,6 +338,22 @@ pub trait ObjectStore: Send + Sync + 'static {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> S3Result<ListPage>;
+
+    /// Every page of [`ObjectStore::list`], gathered into one (`next` is `None`): for callers
+    /// that need the whole listing, so none loops over continuation tokens by hand.
+    async fn list_all(&self, prefix: &str, delimiter: Option<&str>) -> S3Result<ListPage> {
+        let mut all = ListPage::default();
+        let mut token = None;
+        loop {
+            let page = self.list(prefix, delimiter, token.take(), None).await?;
+            all.objects.extend(page.objects);
+            all.prefixes.extend(page.prefixes);
+            match page.next {
+                Some(t) => token = Some(t),
+                None => return Ok(all),
+            }
+        }
+    }
 
     async fn create_multipart(&self, key: &str, meta: &Metadata) -> S3Result<String>;
 
@@ -401,24 +426,28 @@ pub const MIN_PART: u64 = 5 << 20;
 /// Most parts an upload may have.
 pub const MAX_PARTS: u64 = 10_000;
 
-/// Copy `src` to `dst` whatever its size: CopyObject up to 5 GiB, multipart UploadPartCopy
-/// above. Both paths carry both key trios.
-#[allow(clippy::too_many_arguments)] // one call site per caller; a struct would only rename them
+/// Copy `req.src` (of `size` bytes) to `req.dst` whatever its size: CopyObject up to 5 GiB,
+/// multipart UploadPartCopy of `part_size` parts (or larger, to stay within
+/// [`MAX_PARTS`]) above. Both paths carry both key trios.
 pub async fn copy_any_size(
     store: &dyn ObjectStore,
-    src: &str,
-    dst: &str,
+    req: &CopyRequest<'_>,
     size: u64,
-    meta: &Metadata,
-    replace_meta: bool,
-    src_sealing: Sealing,
     part_size: u64,
 ) -> S3Result<String> {
     if size <= MAX_COPY_OBJECT {
-        return store
-            .copy(src, dst, replace_meta.then_some(meta), src_sealing)
-            .await;
+        return store.copy(req).await;
     }
+    let (src, dst) = (req.src, req.dst);
+    // (a multipart upload gets its metadata when it is created, not from the source)
+    let kept;
+    let meta = match req.meta {
+        Some(m) => m,
+        None => {
+            kept = store.head(src).await?.metadata;
+            &kept
+        }
+    };
     let part = part_size.max(size.div_ceil(MAX_PARTS)).max(MIN_PART);
     let upload_id = store.create_multipart(dst, meta).await?;
     let mut parts = Vec::new();
@@ -436,7 +465,7 @@ pub async fn copy_any_size(
                         &PartSource {
                             key: src,
                             range: start..end,
-                            sealing: src_sealing,
+                            sealing: req.src_sealing,
                             etag: None,
                         },
                     )

@@ -10,7 +10,11 @@
 //! Sequential writes of a new file stream: each chunk that fills up is uploaded as a part in
 //! the background while the application keeps writing, and its memory is released when the
 //! part is acknowledged, so a file far larger than the cache writes in bounded memory.
+//!
+//! [`plan`] decides, without I/O, what each part of an upload is made of; `file` holds the
+//! state and carries the plan out.
 
 pub mod file;
+pub mod plan;
 
 pub use file::{DirtyFile, UploadConfig};

@@ -1,20 +1,26 @@
 //! [`DirtyFile`]: a file whose content differs from its object, and its upload.
+//!
+//! Here: the file's state (chunks in memory or sealed in the spill tier, the base), writes,
+//! reads, truncation and the steps of a flush. `multipart` streams parts and carries out the
+//! plan of [`crate::upload::plan`] at flush.
+
+mod multipart;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 
 use crate::cache::arena::{Arena, LockedBuf, Reserve};
 use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK};
 use crate::cache::spill::{part_aad, SealedPart, Spill};
 use crate::fs::error::{FsError, FsResult};
-use crate::s3::{
-    CompletedPart, Metadata, ObjectStore, PartSource, S3Error, Sealing, MAX_PARTS, MIN_PART,
-};
+use crate::s3::{CopyRequest, Metadata, ObjectStore, S3Error, Sealing, MAX_PARTS, MIN_PART};
+
+use self::multipart::Streaming;
 
 /// Upload tuning shared by all files.
 #[derive(Debug, Clone, Copy)]
@@ -72,102 +78,6 @@ impl AsRef<[u8]> for SharedBuf {
 
 fn body_of(buf: &Arc<LockedBuf>) -> Bytes {
     Bytes::from_owner(SharedBuf(buf.clone()))
-}
-
-/// A part upload's outcome; the buffer comes back only when it failed (on success it is
-/// released at once, not when the writer next settles: small caches would pin it).
-type PartResult = (u64, Result<CompletedPart, S3Error>, Option<Arc<LockedBuf>>);
-
-/// A multipart upload under way: started while the application is still writing (its parts
-/// stream), or whose parts are all uploaded but whose completion failed (kept, so that the
-/// retry completes this upload instead of building a new one from data no longer held).
-struct Streaming {
-    key: String,
-    meta: Metadata,
-    upload_id: String,
-    in_flight: BTreeMap<u64, JoinHandle<PartResult>>,
-    done: BTreeMap<u64, CompletedPart>,
-    /// Every part was uploaded and completion was tried: the next change must finish this
-    /// upload first (its last part may be short, which only the last part may be).
-    completing: bool,
-}
-
-impl Streaming {
-    /// A new multipart upload under `target`'s key, with its metadata as it is now.
-    async fn begin(ctx: &WriteContext, target: &Target) -> FsResult<Streaming> {
-        let upload_id = ctx
-            .store
-            .create_multipart(&target.key, &target.meta)
-            .await?;
-        Ok(Streaming {
-            key: target.key.clone(),
-            meta: target.meta.clone(),
-            upload_id,
-            in_flight: BTreeMap::new(),
-            done: BTreeMap::new(),
-            completing: false,
-        })
-    }
-
-    fn holds(&self, idx: u64) -> bool {
-        self.in_flight.contains_key(&idx) || self.done.contains_key(&idx)
-    }
-
-    /// Wait for in-flight parts; failed parts give their buffer back. A part whose task died
-    /// (panicked) took its only copy of the data with it: that is returned as the poison.
-    async fn settle(
-        &mut self,
-        chunks: &mut BTreeMap<u64, Arc<LockedBuf>>,
-        keep: usize,
-    ) -> Option<String> {
-        let mut poison = None;
-        while self.in_flight.len() > keep {
-            let (&idx, _) = self.in_flight.iter().next().unwrap();
-            let handle = self.in_flight.remove(&idx).unwrap();
-            match handle.await {
-                Ok((i, Ok(part), _buf)) => {
-                    self.done.insert(i, part);
-                }
-                Ok((i, Err(e), buf)) => {
-                    tracing::warn!(part = i + 1, error = %e, "part upload failed; will retry at close");
-                    if let Some(buf) = buf {
-                        chunks.insert(i, buf);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(object = %self.key, part = idx + 1, error = %e, "part upload task died with the part's data; the file fails with EIO until it is rewritten");
-                    poison = Some(format!("the upload of part {} died ({e})", idx + 1));
-                }
-            }
-        }
-        poison
-    }
-}
-
-/// What one part of a multipart upload is made of, decided before any is built.
-enum Plan {
-    /// Already uploaded (streamed, or by an earlier attempt of this upload).
-    Done(CompletedPart),
-    /// A changed chunk held in memory, exactly the part's length.
-    Upload(Arc<LockedBuf>),
-    /// Sealed in the spill tier: opened only when its turn to upload comes, so a file
-    /// larger than the arena uploads in bounded memory.
-    Sealed(u64, usize),
-    /// Untouched bytes of the base: UploadPartCopy, server-side.
-    Copy(u64, u64),
-    /// A hole (past what the base still holds): zeros, from one shared buffer.
-    Zeros(usize),
-}
-
-/// `len` zero bytes as an upload body. Zeros are no secret, so they need no locked memory:
-/// one buffer is shared by every hole part, however many a sparse file has.
-fn zero_body(len: usize) -> Bytes {
-    static ZEROS: std::sync::Mutex<Bytes> = std::sync::Mutex::new(Bytes::new());
-    let mut zeros = ZEROS.lock().unwrap();
-    if zeros.len() < len {
-        *zeros = Bytes::from(vec![0u8; len]);
-    }
-    zeros.slice(..len)
 }
 
 /// File content that differs from the object on the server.
@@ -360,7 +270,7 @@ impl DirtyFile {
         };
         self.make_room(ctx, need, (idx, idx)).await;
         let part = self.sealed.remove(&idx).expect("checked above");
-        match part.open(&ctx.arena, need).await {
+        match open_sealed(&part, ctx, need).await {
             Ok(buf) => {
                 self.chunks.insert(idx, Arc::new(buf));
                 Ok(())
@@ -515,56 +425,6 @@ impl DirtyFile {
         }
         let last = ((self.size - 1) / self.part).min(writing);
         self.stream_chunks_below(ctx, target, last).await
-    }
-
-    /// Send the full chunks before chunk `below` as parts of a streaming upload.
-    async fn stream_chunks_below(
-        &mut self,
-        ctx: &WriteContext,
-        target: &Target,
-        below: u64,
-    ) -> FsResult<()> {
-        let ready: Vec<u64> = self
-            .chunks
-            .range(..below)
-            .filter(|(_, b)| b.len() as u64 == self.part)
-            .map(|(&i, _)| i)
-            .collect();
-        if ready.is_empty() {
-            return Ok(());
-        }
-        if self.streaming.is_none() {
-            self.streaming = Some(Streaming::begin(ctx, target).await?);
-        }
-        let stream = self.streaming.as_mut().unwrap();
-        for idx in ready {
-            let buf = self.chunks.remove(&idx).unwrap();
-            let store = ctx.store.clone();
-            let slots = ctx.upload_slots.clone();
-            let (key, upload_id) = (stream.key.clone(), stream.upload_id.clone());
-            stream.in_flight.insert(
-                idx,
-                tokio::spawn(async move {
-                    let _slot = slots.acquire_owned().await;
-                    tracing::debug!(part = idx + 1, "part upload starts");
-                    let r = store
-                        .upload_part(&key, &upload_id, idx as i32 + 1, body_of(&buf))
-                        .await;
-                    tracing::debug!(part = idx + 1, ok = r.is_ok(), "part upload done");
-                    let keep = r.is_err().then_some(buf);
-                    (idx, r, keep)
-                }),
-            );
-        }
-        // Backpressure: a writer never has more than `part_concurrency` parts in flight.
-        if let Some(why) = stream
-            .settle(&mut self.chunks, ctx.config.part_concurrency)
-            .await
-        {
-            self.poisoned = Some(why.clone());
-            return Err(FsError::Lost(why));
-        }
-        Ok(())
     }
 
     /// Read into `out` at `offset`; returns the bytes read (short at end of file).
@@ -768,12 +628,13 @@ impl DirtyFile {
         let base = self.base.clone().expect("a copy is owed only with a base");
         let etag = crate::s3::copy_any_size(
             ctx.store.as_ref(),
-            &base.key,
-            &target.key,
+            &CopyRequest {
+                src: &base.key,
+                dst: &target.key,
+                meta: Some(&target.meta),
+                src_sealing: base.sealing,
+            },
             self.size,
-            &target.meta,
-            true,
-            base.sealing,
             self.part,
         )
         .await?;
@@ -837,175 +698,6 @@ impl DirtyFile {
         Ok(buf)
     }
 
-    /// What part `idx` (bytes `start..end` of the file) is made of at upload time. Holes are
-    /// not built here (zeros need no memory); a chunk shorter than its part, or the one part
-    /// that straddles the end of the base's bytes, is built now, as memory allows.
-    async fn plan_part(
-        &mut self,
-        ctx: &WriteContext,
-        idx: u64,
-        done: &BTreeMap<u64, CompletedPart>,
-    ) -> FsResult<Plan> {
-        let (start, end) = self.chunk_range(idx);
-        let len = (end - start) as usize;
-        if let Some(p) = done.get(&idx) {
-            return Ok(Plan::Done(p.clone()));
-        }
-        if self.sealed.contains_key(&idx) {
-            return Ok(Plan::Sealed(idx, len));
-        }
-        if let Some(chunk) = self.chunks.get(&idx) {
-            if chunk.len() == len {
-                return Ok(Plan::Upload(chunk.clone()));
-            }
-        } else if self.copyable(idx) {
-            return Ok(Plan::Copy(start, end));
-        } else if start >= self.base_valid {
-            return Ok(Plan::Zeros(len));
-        }
-        Ok(Plan::Upload(self.materialize(ctx, idx, len).await?))
-    }
-
-    /// Upload every part (streamed, from memory, copied server-side, or built when its turn
-    /// comes) and complete the upload; returns the key, ETag and metadata it completed with.
-    /// Parts are planned first and only those in flight are built, so a file of any size and
-    /// sparseness uploads in at most `part_concurrency` parts of memory beyond what it holds.
-    async fn upload_multipart(
-        &mut self,
-        ctx: &WriteContext,
-        target: &Target,
-    ) -> FsResult<(String, String, Metadata)> {
-        let n = self.size.div_ceil(self.part).max(1);
-        if let Some(s) = &mut self.streaming {
-            if let Some(why) = s.settle(&mut self.chunks, 0).await {
-                self.poisoned = Some(why.clone());
-                return Err(FsError::Lost(why));
-            }
-        }
-        if !self.sealed.is_empty() {
-            // sealed parts are opened one part at a time below: make sure one fits
-            self.make_room(ctx, self.part as usize, (u64::MAX, 0)).await;
-        }
-        if self.streaming.is_none() {
-            self.streaming = Some(Streaming::begin(ctx, target).await?);
-        }
-        let s = self.streaming.as_ref().expect("set above");
-        let (key, upload_id, meta) = (s.key.clone(), s.upload_id.clone(), s.meta.clone());
-        let done = s.done.clone();
-        let mut plans = Vec::with_capacity(n as usize);
-        for idx in 0..n {
-            plans.push(self.plan_part(ctx, idx, &done).await?);
-        }
-        let base = self.base.clone();
-        let sealed = &self.sealed;
-        let results: Vec<Result<CompletedPart, FsError>> =
-            futures::stream::iter(plans.into_iter().enumerate().map(|(i, plan)| {
-                let (key, upload_id, base) = (key.clone(), upload_id.clone(), base.clone());
-                async move {
-                    let number = i as i32 + 1;
-                    if let Plan::Done(p) = plan {
-                        return Ok(p);
-                    }
-                    let _slot = ctx.upload_slots.acquire().await;
-                    let body = match plan {
-                        Plan::Done(_) => unreachable!("returned above"),
-                        Plan::Upload(buf) => body_of(&buf),
-                        Plan::Zeros(len) => zero_body(len),
-                        Plan::Sealed(idx, len) => {
-                            let mut buf = sealed[&idx].open(&ctx.arena, len).await?;
-                            buf.set_len(len);
-                            body_of(&Arc::new(buf))
-                        }
-                        Plan::Copy(s, e) => {
-                            let base = base.expect("copy plan implies a base");
-                            let part = ctx
-                                .store
-                                .upload_part_copy(
-                                    &key,
-                                    &upload_id,
-                                    number,
-                                    &PartSource {
-                                        key: &base.key,
-                                        range: s..e,
-                                        sealing: base.sealing,
-                                        etag: Some(&base.etag),
-                                    },
-                                )
-                                .await?;
-                            return Ok(part);
-                        }
-                    };
-                    let part = ctx
-                        .store
-                        .upload_part(&key, &upload_id, number, body)
-                        .await?;
-                    debug_assert_eq!(part.number, number);
-                    Ok(part)
-                }
-            }))
-            .buffered(ctx.config.part_concurrency.max(1))
-            .collect()
-            .await;
-        // Parts that made it are kept: a retry after a later failure uploads only the rest.
-        let mut parts = Vec::with_capacity(results.len());
-        let mut first_err = None;
-        {
-            let s = self.streaming.as_mut().expect("set above");
-            for (i, r) in results.into_iter().enumerate() {
-                match r {
-                    Ok(p) => {
-                        s.done.insert(i as u64, p.clone());
-                        parts.push(p);
-                    }
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        self.streaming.as_mut().expect("set above").completing = true;
-        match ctx.store.complete_multipart(&key, &upload_id, parts).await {
-            Ok(etag) => Ok((key, etag, meta)),
-            Err(e) => {
-                if matches!(&e, S3Error::Other { code, .. } if code == "NoSuchUpload") {
-                    // The upload is gone and not as ours completed: what it held exists no
-                    // more. Parts still in memory can go into a new one; streamed ones cannot.
-                    self.upload_vanished();
-                }
-                Err(e.into())
-            }
-        }
-    }
-
-    /// The multipart upload under way no longer exists on the server (aborted elsewhere).
-    fn upload_vanished(&mut self) {
-        let Some(s) = self.streaming.take() else {
-            return;
-        };
-        let lost: Vec<u64> = s
-            .done
-            .keys()
-            .copied()
-            .filter(|i| {
-                // a part copied from the base can be copied again
-                !self.chunks.contains_key(i) && !self.sealed.contains_key(i) && !self.copyable(*i)
-            })
-            .collect();
-        if let Some(first) = lost.first() {
-            let why = format!(
-                "multipart upload of {} vanished from the server with {} streamed parts (first: part {})",
-                s.key,
-                lost.len(),
-                first + 1
-            );
-            tracing::error!(object = %s.key, "{why}; the file fails with EIO until it is rewritten");
-            self.poisoned = Some(why);
-        }
-    }
-
     /// Give up: abort a streaming upload (the file was deleted while open).
     pub async fn discard(&mut self, ctx: &WriteContext) {
         if let Some(mut s) = self.streaming.take() {
@@ -1021,6 +713,19 @@ impl DirtyFile {
     }
 }
 
+/// Sealed chunk `part` opened into a buffer of `len` bytes (zeros past its data when the part
+/// is longer): the one way a sealed chunk comes back, whether it is touched again or uploaded.
+/// A failure is a loss: there is no other copy.
+async fn open_sealed(
+    part: &SealedPart,
+    ctx: &WriteContext,
+    len: usize,
+) -> Result<LockedBuf, crate::cache::spill::SpillError> {
+    let mut buf = part.open(&ctx.arena, len).await?;
+    buf.set_len(len);
+    Ok(buf)
+}
+
 /// Growth of a chunk buffer past its first size, before it is a whole part.
 const GROWTH_STEP: usize = 1 << 20;
 
@@ -1033,220 +738,4 @@ fn grow_capacity(need: usize, current: usize, part: usize) -> usize {
         .find(|&c| c >= need && c > current)
         .unwrap_or(part);
     cap.min(part).max(need)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::s3::mem::MemStore;
-    use rand::{Rng, SeedableRng};
-
-    const P: u64 = 5 << 20;
-
-    fn ctx(mem: &MemStore) -> WriteContext {
-        ctx_with(mem, 256 << 20, None)
-    }
-
-    /// A small arena with a spill tier of `spill` bytes in `dir`.
-    fn spill_ctx(mem: &MemStore, arena: usize, dir: &std::path::Path, spill: u64) -> WriteContext {
-        ctx_with(mem, arena, Some((dir, spill)))
-    }
-
-    fn ctx_with(
-        mem: &MemStore,
-        cap: usize,
-        spill: Option<(&std::path::Path, u64)>,
-    ) -> WriteContext {
-        let arena = Arena::with_cap_unchecked(cap);
-        let spill = spill.map(|(d, n)| Spill::create(d, n, &arena).unwrap());
-        let store: Arc<dyn ObjectStore> = Arc::new(mem.clone());
-        WriteContext {
-            // as in a mount, the read cache gets part of the arena, not more than all of it
-            cache: Arc::new(BlockCache::new(
-                store.clone(),
-                arena.clone(),
-                (cap as u64 / 4).min(32 << 20),
-            )),
-            store,
-            arena,
-            config: UploadConfig {
-                part_size: P,
-                part_concurrency: 4,
-                ..UploadConfig::default()
-            },
-            upload_slots: Arc::new(Semaphore::new(8)),
-            spill,
-        }
-    }
-
-    fn target(key: &str) -> Target {
-        Target {
-            key: key.into(),
-            meta: Metadata::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn small_file_is_one_put() {
-        let mem = MemStore::new("k");
-        let c = ctx(&mem);
-        let mut f = DirtyFile::new(None, &c.config);
-        f.write(&c, &target("a"), 0, b"hello").await.unwrap();
-        f.write(&c, &target("a"), 10, b"world").await.unwrap();
-        f.flush(&c, &target("a")).await.unwrap();
-        assert_eq!(mem.raw("a").unwrap(), b"hello\0\0\0\0\0world");
-        assert_eq!(mem.counts()["put"], 1);
-    }
-
-    #[tokio::test]
-    async fn sequential_big_write_streams_parts() {
-        let mem = MemStore::new("k");
-        let c = ctx(&mem);
-        let mut f = DirtyFile::new(None, &c.config);
-        let block = vec![7u8; 1 << 20];
-        for i in 0..23u64 {
-            f.write(&c, &target("big"), i << 20, &block).await.unwrap();
-        }
-        // parts behind the writer left memory before close: at most the last chunk is held
-        assert!(
-            f.buffered_bytes() <= P as usize,
-            "{} bytes held",
-            f.buffered_bytes()
-        );
-        f.flush(&c, &target("big")).await.unwrap();
-        let data = mem.raw("big").unwrap();
-        assert_eq!(data.len(), 23 << 20);
-        assert!(data.iter().all(|&b| b == 7));
-    }
-
-    #[tokio::test]
-    async fn one_byte_edit_of_big_object_uploads_one_part() {
-        let mem = MemStore::new("k");
-        let c = ctx(&mem);
-        let original: Vec<u8> = (0..(20 * P as usize + 123))
-            .map(|i| (i % 251) as u8)
-            .collect();
-        mem.put("big", Bytes::from(original.clone()), &Metadata::new())
-            .await
-            .unwrap();
-        let info = mem.head("big").await.unwrap();
-        let base = ObjectRef {
-            key: "big".into(),
-            etag: info.etag,
-            size: info.size,
-            sealing: Sealing::PRIMARY,
-        };
-        let before = mem.uploaded_bytes();
-        let mut f = DirtyFile::new(Some(base), &c.config);
-        f.write(&c, &target("big"), 7 * P + 5, b"X").await.unwrap();
-        f.flush(&c, &target("big")).await.unwrap();
-        let mut expect = original.clone();
-        expect[(7 * P + 5) as usize] = b'X';
-        assert_eq!(mem.raw("big").unwrap(), expect);
-        let uploaded = mem.uploaded_bytes() - before;
-        assert!(uploaded <= P, "uploaded {uploaded} bytes for a 1-byte edit");
-        assert_eq!(mem.counts()["upload_part_copy"], 20);
-    }
-
-    /// A file 3× the arena written at random offsets: chunks are sealed to the spill tier
-    /// instead of the writer waiting forever for memory, and the upload is exact.
-    #[tokio::test]
-    async fn random_writes_larger_than_the_arena_go_through_the_spill_tier() {
-        let mem = MemStore::new("k");
-        let dir = tempfile::tempdir().unwrap();
-        let c = spill_ctx(&mem, 4 * P as usize, dir.path(), 64 * P);
-        let t = target("r");
-        let total = 12 * P as usize;
-        let piece = 1 << 20;
-        let mut order: Vec<usize> = (0..total / piece).collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
-        let pattern = |i: usize| (i.wrapping_mul(2654435761) >> 7) as u8;
-        let expect: Vec<u8> = (0..total).map(pattern).collect();
-        let mut f = DirtyFile::new(None, &c.config);
-        let write = async {
-            for &p in &order {
-                let off = p * piece;
-                f.write(&c, &t, off as u64, &expect[off..off + piece])
-                    .await
-                    .unwrap();
-            }
-            // reads see sealed data too
-            let mut out = vec![0u8; 3 << 20];
-            let n = f.read(&c, &t, 7 << 20, &mut out).await.unwrap();
-            assert_eq!(&out[..n], &expect[7 << 20..(7 << 20) + n]);
-            f.flush(&c, &t).await.unwrap();
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(60), write)
-            .await
-            .expect("writes larger than the arena must not hang with a spill tier");
-        assert_eq!(mem.raw("r").unwrap(), expect);
-        assert!(c.arena.in_use() <= c.arena.cap());
-        assert_eq!(
-            c.spill.as_ref().unwrap().stats().dirty_parts,
-            0,
-            "slots freed"
-        );
-    }
-
-    /// Random writes, truncates and reads against a plain Vec model.
-    #[tokio::test]
-    async fn random_operations_match_a_model() {
-        model_test(&MemStore::new("k"), ctx).await;
-    }
-
-    /// The same with an arena of 3 parts and a spill tier: chunks move in and out of it.
-    #[tokio::test]
-    async fn random_operations_match_a_model_through_the_spill_tier() {
-        let dir = tempfile::tempdir().unwrap();
-        model_test(&MemStore::new("k"), |mem| {
-            spill_ctx(mem, 3 * P as usize, dir.path(), 64 * P)
-        })
-        .await;
-    }
-
-    async fn model_test(mem: &MemStore, make: impl Fn(&MemStore) -> WriteContext) {
-        let mem = mem.clone();
-        let c = make(&mem);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x55ecf5);
-        let mut model: Vec<u8> = Vec::new();
-        let mut f = DirtyFile::new(None, &c.config);
-        let t = target("m");
-        for step in 0..300 {
-            match rng.gen_range(0..10) {
-                0..=4 => {
-                    let off = rng.gen_range(0..(3 * P));
-                    let len = rng.gen_range(1..200_000usize);
-                    let byte = rng.gen::<u8>();
-                    let data = vec![byte; len];
-                    f.write(&c, &t, off, &data).await.unwrap();
-                    let end = off as usize + len;
-                    if model.len() < end {
-                        model.resize(end, 0);
-                    }
-                    model[off as usize..end].copy_from_slice(&data);
-                }
-                5 => {
-                    let n = rng.gen_range(0..(3 * P));
-                    f.truncate(&c, &t, n).await.unwrap();
-                    model.resize(n as usize, 0);
-                }
-                6..=7 => {
-                    let off = rng.gen_range(0..(3 * P));
-                    let mut out = vec![0u8; rng.gen_range(1..300_000)];
-                    let n = f.read(&c, &t, off, &mut out).await.unwrap();
-                    let expect = model.get(off as usize..).unwrap_or(&[]);
-                    let expect = &expect[..expect.len().min(out.len())];
-                    assert_eq!(&out[..n], expect, "step {step}");
-                }
-                _ => {
-                    f.flush(&c, &t).await.unwrap();
-                    assert_eq!(mem.raw("m").unwrap(), model, "step {step}");
-                }
-            }
-            assert_eq!(f.size(), model.len() as u64);
-        }
-        f.flush(&c, &t).await.unwrap();
-        assert_eq!(mem.raw("m").unwrap(), model);
-    }
 }
