@@ -167,12 +167,12 @@ fn status(fs: &Fs, info: &MountInfo) -> String {
         if crate::harden::all_memory_locked() {
             format!(
                 "all of it (mlockall), {} resident",
-                crate::cache::arena::proc_status_bytes("VmRSS:").map_or("unknown".into(), mib)
+                crate::arena::proc_status_bytes("VmRSS:").map_or("unknown".into(), mib)
             )
         } else {
             format!(
                 "cache and key only (--no-mlockall), {} (VmLck)",
-                crate::cache::arena::vm_locked_bytes().map_or("unknown".into(), mib)
+                crate::arena::vm_locked_bytes().map_or("unknown".into(), mib)
             )
         },
     );

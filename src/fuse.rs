@@ -14,8 +14,8 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
+use crate::error::FsError;
 use crate::fs::attr::{Attr, Kind};
-use crate::fs::error::FsError;
 use crate::fs::{Fs, SetAttr};
 
 /// How long the kernel may cache entries and attributes before asking again.

@@ -1,7 +1,7 @@
 //! Process hardening: what keeps the key and plaintext out of swap, core files and freed
 //! memory, for the whole process rather than only the buffers that are known to hold them.
 //!
-//! The arena ([`crate::cache::arena`]) locks the cache and the key's page, but the SDK, the
+//! The arena ([`crate::arena`]) locks the cache and the key's page, but the SDK, the
 //! signer and hyper copy header values (the key's base64) and bodies (plaintext) into ordinary
 //! heap buffers that ssecfs never sees. Three measures cover those copies:
 //! - the binary's global allocator wipes every block when it is freed (`zeroizing-alloc`,
@@ -31,7 +31,7 @@ pub enum LockAllError {
 /// full against a finite RLIMIT_MEMLOCK, and one that does not fit fails — an abort at an
 /// arbitrary moment. Raises the soft limit to the hard one where that makes it unlimited.
 pub fn check_lock_all() -> Result<(), LockAllError> {
-    if crate::cache::arena::has_cap_ipc_lock() {
+    if crate::arena::has_cap_ipc_lock() {
         return Ok(());
     }
     let (soft, hard) = crate::sys::memlock_limit().map_err(LockAllError::Failed)?;

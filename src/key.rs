@@ -15,7 +15,7 @@ use hmac::Mac;
 use md5::Digest;
 use zeroize::Zeroizing;
 
-use crate::cache::arena::{Arena, LockedBuf};
+use crate::arena::{Arena, LockedBuf};
 
 /// Length of an AES-256 key in bytes.
 pub const KEY_LEN: usize = 32;

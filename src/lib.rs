@@ -2,19 +2,23 @@
 //! plaintext lives only in locked, non-dumpable memory.
 //!
 //! Layers, from the kernel down: [`fuse`] (thin adapter) → [`fs`] (inodes, handles,
-//! attributes, errno) → [`upload`] (write path) and [`cache`] (locked arena, block cache) →
-//! [`s3`] (the only code that builds requests). [`key`] holds the customer key; [`cli`]
+//! attributes, renames) → [`upload`] (write path) and [`cache`] (block cache, spill tier) →
+//! [`error`] (the errors they share, and errno) → [`s3`] (the only code that builds requests)
+//! → [`key`] (the customer key) → [`arena`] (locked memory). `tests/layers.rs` checks that
+//! no layer reaches back up. [`cli`]
 //! parses the command line and mount options; [`run`] wires it all together, [`log`] says
 //! what happened and [`control`] answers `ssecfs sync` and `ssecfs status`; [`harden`] keeps
 //! the process's memory out of swap and core files, through [`sys`] (the system calls).
 
-// unsafe only where a module allows it: cache::arena (memory) and sys (system calls)
+// unsafe only where a module allows it: arena (memory) and sys (system calls)
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod arena;
 pub mod cache;
 pub mod cli;
 pub mod control;
+pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod harden;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::cache::arena::Arena;
+use crate::arena::Arena;
 use crate::cli::{self, CheckArgs, Cli, Command, ConnectionArgs, MountArgs, RotateArgs};
 use crate::fs::{Fs, FsConfig};
 use crate::harden::forbid_core_dumps;

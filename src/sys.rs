@@ -1,6 +1,6 @@
 //! The system calls the daemon makes outside its memory arena, as safe functions.
 //!
-//! Together with `cache::arena` (mappings, locking, wiping) this is the only module allowed
+//! Together with `arena` (mappings, locking, wiping) this is the only module allowed
 //! `unsafe` (`#![deny(unsafe_code)]` at the crate root): every block says why it is sound,
 //! and each wrapper here takes only owned or borrowed Rust values, so callers stay safe code.
 

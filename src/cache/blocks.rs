@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-use super::arena::{Arena, LockedBuf};
 use super::spill::{block_aad, Spill};
-use crate::fs::error::{FsError, FsResult};
+use crate::arena::{Arena, LockedBuf};
+use crate::error::{FsError, FsResult};
 use crate::s3::{ObjectStore, S3Error, Sealing};
 
 /// Block size for sequential reads and read-ahead.

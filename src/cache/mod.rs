@@ -1,5 +1,4 @@
-//! Memory that holds plaintext: the locked arena and the block cache built on it.
+//! The read cache and the spill tier, built on the locked arena (`crate::arena`).
 
-pub mod arena;
 pub mod blocks;
 pub mod spill;

@@ -36,36 +36,15 @@ use std::sync::{Arc, Mutex};
 use aes_gcm::aead::{AeadInPlace, KeyInit, OsRng};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
-use super::arena::{Arena, ArenaError, LockedBuf};
+use crate::arena::{Arena, LockedBuf};
 
 /// Bytes of the GCM tag stored after each slot's ciphertext.
 pub const TAG_LEN: u64 = 16;
 /// Key length (AES-256).
 const KEY_LEN: usize = 32;
 
-/// Why the spill tier could not be set up, or could not seal or open something.
-#[derive(Debug, thiserror::Error)]
-pub enum SpillError {
-    /// The directory could not be used.
-    #[error("spill directory {dir}: {source}; pass an existing directory on a local disk that this user can write")]
-    Dir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Reading or writing a spill file failed.
-    #[error("spill file I/O: {0}")]
-    Io(#[from] std::io::Error),
-    /// No slot is free and no clean block can be dropped (the tier is full of dirty data).
-    #[error("spill tier full ({cap} bytes)")]
-    Full { cap: u64 },
-    /// The tag did not verify: the file was tampered with or corrupted.
-    #[error("spilled data failed its integrity check (tampering or disk corruption)")]
-    Tampered,
-    /// No locked memory for the key or for opening a slot.
-    #[error(transparent)]
-    Memory(#[from] ArenaError),
-}
+// (defined with the other errors the layers share; named here as the tier's own)
+pub use crate::error::SpillError;
 
 /// Where one sealed buffer lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

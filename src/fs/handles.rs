@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::error::{FsError, FsResult};
 use super::writeback::FileState;
 use super::{DirEntry, Fs, ReadData};
-use crate::cache::arena::LockedBuf;
+use crate::arena::LockedBuf;
 use crate::cache::blocks::{ObjectRef, LARGE_BLOCK, SMALL_BLOCK};
+use crate::error::{FsError, FsResult};
 use crate::s3::S3Error;
 
 /// Per-handle sequential-read detection.

@@ -51,7 +51,6 @@
 //! holding nothing.
 
 pub mod attr;
-pub mod error;
 mod handles;
 pub mod inode;
 mod namespace;
@@ -65,14 +64,14 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use crate::cache::arena::{Arena, LockedBuf};
+use crate::arena::{Arena, LockedBuf};
 use crate::cache::blocks::BlockCache;
 use crate::cache::spill::Spill;
+use crate::error::{FsError, FsResult};
 use crate::s3::{ObjectStore, S3Error, Sealing};
 use crate::upload::file::WriteContext;
 use crate::upload::{DirtyFile, UploadConfig};
 use attr::{Attr, Defaults, Kind};
-use error::{FsError, FsResult};
 use handles::Handles;
 use inode::{Node, ROOT};
 use namespace::Namespace;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::attr::{Attr, Defaults, Kind};
-use super::error::{FsError, FsResult};
 use super::inode::{self, Entry, Listing, Node, Table};
 use super::{valid_listed_name, DirEntry, FsConfig, PLAIN_REFUSED};
+use crate::error::{FsError, FsResult};
 use crate::s3::{ListPage, ObjectInfo, ObjectStore, S3Error, S3Result, Sealing};
 use crate::upload::file::Target;
 

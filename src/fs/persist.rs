@@ -13,11 +13,11 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::attr::{Attr, Kind};
-use super::error::{FsError, FsResult};
 use super::inode::{Node, ROOT};
 use super::writeback::{FileState, HeldFile};
 use super::{Fs, META_DELAY};
 use crate::cache::blocks::ObjectRef;
+use crate::error::{FsError, FsResult};
 use crate::s3::{S3Error, Sealing};
 use crate::upload::DirtyFile;
 

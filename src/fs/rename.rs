@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::attr::Kind;
-use super::error::{FsError, FsResult};
 use super::writeback::HeldFile;
 use super::{Fs, PLAIN_REFUSED};
 use crate::cache::blocks::ObjectRef;
+use crate::error::{FsError, FsResult};
 use crate::s3::{ListedObject, ObjectInfo, S3Error, Sealing};
 
 impl Fs {

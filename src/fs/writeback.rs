@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
 
 use super::attr::{self, Kind};
-use super::error::{FsError, FsResult};
 use super::namespace::Namespace;
 use super::{Fs, WriteBack};
 use crate::cache::blocks::ObjectRef;
+use crate::error::{FsError, FsResult};
 use crate::s3::Sealing;
 use crate::upload::DirtyFile;
 

@@ -3,7 +3,7 @@
 use super::error::classify;
 use super::listing::url_decode;
 use super::*;
-use crate::fs::error::FsError;
+use crate::error::FsError;
 use aws_smithy_http_client::test_util::capture_request;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 

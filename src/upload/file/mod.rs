@@ -14,10 +14,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use crate::cache::arena::{Arena, LockedBuf, Reserve};
+use crate::arena::{Arena, LockedBuf, Reserve};
 use crate::cache::blocks::{BlockCache, ObjectRef, LARGE_BLOCK};
 use crate::cache::spill::{part_aad, SealedPart, Spill};
-use crate::fs::error::{FsError, FsResult};
+use crate::error::{FsError, FsResult};
 use crate::s3::{CopyRequest, Metadata, ObjectStore, S3Error, Sealing, MAX_PARTS, MIN_PART};
 
 use self::multipart::Streaming;

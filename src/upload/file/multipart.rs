@@ -10,8 +10,8 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::{body_of, open_sealed, DirtyFile, Target, WriteContext};
-use crate::cache::arena::LockedBuf;
-use crate::fs::error::{FsError, FsResult};
+use crate::arena::LockedBuf;
+use crate::error::{FsError, FsResult};
 use crate::s3::{CompletedPart, Metadata, PartSource, S3Error};
 use crate::upload::plan::{plan_parts, Held, PartPlan, PlanState};
 

@@ -1,7 +1,8 @@
-//! Filesystem errors and the one place they become errno values.
+//! The errors the layers share (filesystem, spill tier) and the one place they become errno values.
 
-use crate::cache::arena::ArenaError;
-use crate::cache::spill::SpillError;
+use crate::arena::ArenaError;
+use std::path::PathBuf;
+
 use crate::s3::S3Error;
 
 /// What went wrong in a filesystem operation.
@@ -123,4 +124,28 @@ mod tests {
             libc::EIO
         );
     }
+}
+
+/// Why the spill tier could not be set up, or could not seal or open something.
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    /// The directory could not be used.
+    #[error("spill directory {dir}: {source}; pass an existing directory on a local disk that this user can write")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing a spill file failed.
+    #[error("spill file I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// No slot is free and no clean block can be dropped (the tier is full of dirty data).
+    #[error("spill tier full ({cap} bytes)")]
+    Full { cap: u64 },
+    /// The tag did not verify: the file was tampered with or corrupted.
+    #[error("spilled data failed its integrity check (tampering or disk corruption)")]
+    Tampered,
+    /// No locked memory for the key or for opening a slot.
+    #[error(transparent)]
+    Memory(#[from] ArenaError),
 }
