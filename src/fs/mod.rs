@@ -34,7 +34,7 @@
 //!    (`persist_metadata`). Never taken while holding a file state (`rebuilt_after` lets
 //!    its state go first), and never twice by one task (tokio's lock is write-preferring:
 //!    a second shared lock would wait behind a queued rename).
-//! 2. The file states (`tokio::sync::Mutex<DirtyFile>`, one per entry of `Files`, held
+//! 2. The file states (`tokio::sync::Mutex<FileContent>`, one per entry of `Files`, held
 //!    across uploads and copies). Several at once only through `Files::lock_in_order`, in
 //!    inode order (a directory rename); otherwise one at a time.
 //! 3. `Namespace::table` (the inode table and its listings; a file state holder records an
@@ -70,7 +70,7 @@ use crate::cache::spill::Spill;
 use crate::error::{FsError, FsResult};
 use crate::s3::{ObjectStore, S3Error, Sealing};
 use crate::upload::file::WriteContext;
-use crate::upload::{DirtyFile, UploadConfig};
+use crate::upload::{FileContent, UploadConfig};
 use attr::{Attr, Defaults, Kind};
 use handles::Handles;
 use inode::{Node, ROOT};
@@ -416,7 +416,7 @@ impl Fs {
         node.open = 1;
         let ino = self.names.table().upsert(parent, name, node);
         self.files
-            .insert(ino, DirtyFile::new(None, &self.cfg.upload));
+            .insert(ino, FileContent::new(None, &self.cfg.upload));
         let entry = Namespace::entry_of(&attr, "");
         self.names.listing_update(parent, name, Some(entry));
         Ok((ino, attr, self.handles.open_file()))
@@ -438,7 +438,7 @@ impl Fs {
         }
         let file = self.dirty_file(ino).await?;
         // The new mtime first: a multipart upload this write starts carries the metadata of
-        // `target`, and is kept as it is when only times moved since (see DirtyFile::flush).
+        // `target`, and is kept as it is when only times moved since (see FileContent::flush).
         self.names.update(ino, |n| n.attr.mtime = SystemTime::now());
         let target = self.names.target(ino)?;
         let mut f = file.clone().lock_owned().await;

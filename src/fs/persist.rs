@@ -19,7 +19,7 @@ use super::{Fs, META_DELAY};
 use crate::cache::blocks::ObjectRef;
 use crate::error::{FsError, FsResult};
 use crate::s3::{S3Error, Sealing};
-use crate::upload::DirtyFile;
+use crate::upload::FileContent;
 
 /// Closed files whose attributes changed but are not on the server yet, and the stores under
 /// way. Both locks are leaves, taken after the inode table and the files map.
@@ -248,10 +248,10 @@ impl Fs {
 
     /// The file's object was replaced server-side by this mount (attribute copy, rename)
     /// while its in-memory state, held, is clean: base that state on the new object.
-    pub(super) fn rebase_clean(&self, held: Option<&mut DirtyFile>, obj: ObjectRef) {
+    pub(super) fn rebase_clean(&self, held: Option<&mut FileContent>, obj: ObjectRef) {
         if let Some(f) = held {
             if !f.is_dirty() {
-                *f = DirtyFile::new(Some(obj), &self.cfg.upload);
+                *f = FileContent::new(Some(obj), &self.cfg.upload);
             }
         }
     }
@@ -287,7 +287,7 @@ impl Fs {
         };
         let mut f = file.clone().lock_owned().await;
         if !f.is_dirty() {
-            *f = DirtyFile::new(Some(now), &self.cfg.upload);
+            *f = FileContent::new(Some(now), &self.cfg.upload);
         }
         Ok(f)
     }

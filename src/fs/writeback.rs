@@ -19,12 +19,12 @@ use super::{Fs, WriteBack};
 use crate::cache::blocks::ObjectRef;
 use crate::error::{FsError, FsResult};
 use crate::s3::Sealing;
-use crate::upload::DirtyFile;
+use crate::upload::FileContent;
 
 /// One file's in-memory state. Locked (a `tokio::sync::Mutex`) across its uploads.
-pub(super) type FileState = Arc<tokio::sync::Mutex<DirtyFile>>;
+pub(super) type FileState = Arc<tokio::sync::Mutex<FileContent>>;
 /// A file's state, held.
-pub(super) type HeldFile = OwnedMutexGuard<DirtyFile>;
+pub(super) type HeldFile = OwnedMutexGuard<FileContent>;
 
 /// The in-memory states by inode. The map's lock is taken after the inode table and before
 /// the attribute persister's set; no file state is waited for while the map is locked.
@@ -42,13 +42,13 @@ impl Files {
         self.map.lock().unwrap().contains_key(&ino)
     }
 
-    pub(super) fn insert(&self, ino: u64, file: DirtyFile) {
+    pub(super) fn insert(&self, ino: u64, file: FileContent) {
         let file = Arc::new(tokio::sync::Mutex::new(file));
         self.map.lock().unwrap().insert(ino, file);
     }
 
     /// `ino`'s state, made by `make` when it has none.
-    fn get_or_insert_with(&self, ino: u64, make: impl FnOnce() -> DirtyFile) -> FileState {
+    fn get_or_insert_with(&self, ino: u64, make: impl FnOnce() -> FileContent) -> FileState {
         let mut map = self.map.lock().unwrap();
         map.entry(ino)
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(make())))
@@ -184,7 +184,7 @@ impl Fs {
         };
         Ok(self
             .files
-            .get_or_insert_with(ino, || DirtyFile::new(base, &self.cfg.upload)))
+            .get_or_insert_with(ino, || FileContent::new(base, &self.cfg.upload)))
     }
 
     /// Upload `ino` if it has changes; the durable point of `close` and `fsync`.
@@ -334,7 +334,7 @@ mod tests {
     fn files(inos: &[u64]) -> Files {
         let files = Files::default();
         for &ino in inos {
-            files.insert(ino, DirtyFile::new(None, &UploadConfig::default()));
+            files.insert(ino, FileContent::new(None, &UploadConfig::default()));
         }
         files
     }

@@ -1,6 +1,6 @@
 //! The write path: file contents being changed, and how they become an object again.
 //!
-//! A written file is a [`DirtyFile`]: the object it started from (the *base*, on the server),
+//! A written file is a [`FileContent`]: the object it started from (the *base*, on the server),
 //! plus changed chunks held in locked memory. Chunks are aligned to the multipart part size,
 //! so at upload time every part is either a changed chunk (UploadPart from the arena) or an
 //! untouched range of the base (UploadPartCopy, server-side, both key trios): an in-place edit
@@ -17,4 +17,4 @@
 pub mod file;
 pub mod plan;
 
-pub use file::{DirtyFile, UploadConfig};
+pub use file::{FileContent, UploadConfig};

@@ -1,4 +1,5 @@
-//! [`DirtyFile`]: a file whose content differs from its object, and its upload.
+//! [`FileContent`]: a file's content as this mount holds it (its base object and the chunks
+//! changed since), and its upload.
 //!
 //! Here: the file's state (chunks in memory or sealed in the spill tier, the base), writes,
 //! reads, truncation and the steps of a flush. `multipart` streams parts and carries out the
@@ -57,7 +58,7 @@ pub struct WriteContext {
     pub spill: Option<Spill>,
 }
 
-/// Identity of each `DirtyFile` for the associated data of its sealed parts.
+/// Identity of each `FileContent` for the associated data of its sealed parts.
 static NEXT_FILE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where a file's content goes when it is uploaded: its object key and metadata now.
@@ -80,8 +81,10 @@ fn body_of(buf: &Arc<LockedBuf>) -> Bytes {
     Bytes::from_owner(SharedBuf(buf.clone()))
 }
 
-/// File content that differs from the object on the server.
-pub struct DirtyFile {
+/// A file's content as this mount holds it: the object it is based on (maybe unchanged: a
+/// file open for reading and writing keeps its state after an upload), the chunks changed
+/// since, and the upload in progress.
+pub struct FileContent {
     part: u64,
     base: Option<ObjectRef>,
     /// Bytes of `base` still part of the file (shrinks with truncation, never grows).
@@ -118,9 +121,9 @@ pub struct DirtyFile {
     reserve: Option<Reserve>,
 }
 
-impl std::fmt::Debug for DirtyFile {
+impl std::fmt::Debug for FileContent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirtyFile")
+        f.debug_struct("FileContent")
             .field("size", &self.size)
             .field("base", &self.base.as_ref().map(|b| &b.key))
             .field("chunks", &self.chunks.len())
@@ -130,16 +133,16 @@ impl std::fmt::Debug for DirtyFile {
     }
 }
 
-impl DirtyFile {
+impl FileContent {
     /// Content equal to `base` (or an empty new file when `None`, which is dirty: it must be
     /// created on the server).
-    pub fn new(base: Option<ObjectRef>, config: &UploadConfig) -> DirtyFile {
+    pub fn new(base: Option<ObjectRef>, config: &UploadConfig) -> FileContent {
         let size = base.as_ref().map_or(0, |b| b.size);
         let part = config
             .part_size
             .max(MIN_PART)
             .max(size.div_ceil(MAX_PARTS / 2));
-        DirtyFile {
+        FileContent {
             part,
             dirty: base.is_none(),
             base_valid: size,

@@ -1,4 +1,4 @@
-//! The multipart upload of a [`DirtyFile`]: parts streamed while the application writes,
+//! The multipart upload of a [`FileContent`]: parts streamed while the application writes,
 //! and at flush the [`plan_parts`] plan carried out (upload from memory or the spill tier,
 //! copy server-side, zeros), then completion.
 
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{body_of, open_sealed, DirtyFile, Target, WriteContext};
+use super::{body_of, open_sealed, FileContent, Target, WriteContext};
 use crate::arena::LockedBuf;
 use crate::error::{FsError, FsResult};
 use crate::s3::{CompletedPart, Metadata, PartSource, S3Error};
@@ -110,7 +110,7 @@ fn zero_body(len: usize) -> Bytes {
     zeros.slice(..len)
 }
 
-impl DirtyFile {
+impl FileContent {
     /// Send the full chunks before chunk `below` as parts of a streaming upload.
     pub(super) async fn stream_chunks_below(
         &mut self,

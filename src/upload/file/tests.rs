@@ -47,7 +47,7 @@ fn target(key: &str) -> Target {
 async fn small_file_is_one_put() {
     let mem = MemStore::new("k");
     let c = ctx(&mem);
-    let mut f = DirtyFile::new(None, &c.config);
+    let mut f = FileContent::new(None, &c.config);
     f.write(&c, &target("a"), 0, b"hello").await.unwrap();
     f.write(&c, &target("a"), 10, b"world").await.unwrap();
     f.flush(&c, &target("a")).await.unwrap();
@@ -59,7 +59,7 @@ async fn small_file_is_one_put() {
 async fn sequential_big_write_streams_parts() {
     let mem = MemStore::new("k");
     let c = ctx(&mem);
-    let mut f = DirtyFile::new(None, &c.config);
+    let mut f = FileContent::new(None, &c.config);
     let block = vec![7u8; 1 << 20];
     for i in 0..23u64 {
         f.write(&c, &target("big"), i << 20, &block).await.unwrap();
@@ -94,7 +94,7 @@ async fn one_byte_edit_of_big_object_uploads_one_part() {
         sealing: Sealing::PRIMARY,
     };
     let before = mem.uploaded_bytes();
-    let mut f = DirtyFile::new(Some(base), &c.config);
+    let mut f = FileContent::new(Some(base), &c.config);
     f.write(&c, &target("big"), 7 * P + 5, b"X").await.unwrap();
     f.flush(&c, &target("big")).await.unwrap();
     let mut expect = original.clone();
@@ -120,7 +120,7 @@ async fn random_writes_larger_than_the_arena_go_through_the_spill_tier() {
     rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
     let pattern = |i: usize| (i.wrapping_mul(2654435761) >> 7) as u8;
     let expect: Vec<u8> = (0..total).map(pattern).collect();
-    let mut f = DirtyFile::new(None, &c.config);
+    let mut f = FileContent::new(None, &c.config);
     let write = async {
         for &p in &order {
             let off = p * piece;
@@ -167,7 +167,7 @@ async fn model_test(mem: &MemStore, make: impl Fn(&MemStore) -> WriteContext) {
     let c = make(&mem);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x55ecf5);
     let mut model: Vec<u8> = Vec::new();
-    let mut f = DirtyFile::new(None, &c.config);
+    let mut f = FileContent::new(None, &c.config);
     let t = target("m");
     for step in 0..300 {
         match rng.gen_range(0..10) {
