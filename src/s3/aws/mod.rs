@@ -263,7 +263,9 @@ impl AwsStore {
                 out.sse_customer_algorithm(),
                 out.sse_customer_key_md5(),
             ) {
-                return Ok(Err(e));
+                // (retried like a broken body: a proxy may have stripped the headers of this
+                // one answer; a server that ignores SSE-C fails every attempt)
+                return Err(BodyFailure(e));
             }
         }
         // How many bytes the answer must carry: the range it says it holds. Without a

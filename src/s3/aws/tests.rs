@@ -44,24 +44,7 @@ fn store_answering(
     aws_smithy_http_client::test_util::CaptureRequestReceiver,
 ) {
     let (http, rx) = capture_request(answer.map(|r| r.try_into_http1x().unwrap()));
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .http_client(http)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "AKID", "SECRET", None, None, "test",
-        ))
-        .endpoint_url("http://127.0.0.1:1")
-        .force_path_style(true)
-        .build();
-    (
-        AwsStore::new(
-            aws_sdk_s3::Client::from_conf(conf),
-            "b".into(),
-            Arc::new(ring),
-        ),
-        rx,
-    )
+    (store_over(http, ring), rx)
 }
 
 /// A believable 206 answer to a ranged GET (an implausible one would be retried, and the
@@ -126,11 +109,10 @@ async fn reads_are_believed_only_with_the_sse_c_echo() {
     let info = s.head("a").await.unwrap();
     assert_eq!((info.size, info.sealing), (10, Sealing::PRIMARY));
 
+    // A GET without the echo is asked again (one answer's headers may have been stripped on
+    // the way), and refused when no attempt carries it.
     let mut buf = [0u8; 10];
-    let (s, _rx) = store_answering(
-        KeyRing::single(key()),
-        Some(ranged_answer(b"0123456789", 0, 10)),
-    );
+    let (s, asked) = store_answering_always(|| ranged_answer(b"0123456789", 0, 10));
     let e = s
         .get_range("a", 0, &mut buf, None, Sealing::PRIMARY)
         .await
@@ -145,15 +127,71 @@ async fn reads_are_believed_only_with_the_sse_c_echo() {
         ),
         "{e:?}"
     );
-    let other = CustomerKey::from_bytes(&[7u8; 32]).unwrap();
-    let (s, _rx) = store_answering(
-        KeyRing::single(key()),
-        Some(echoing(ranged_answer(b"0123456789", 0, 10), &other)),
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "every attempt made"
     );
+    let other = CustomerKey::from_bytes(&[7u8; 32]).unwrap();
+    let (s, _) =
+        store_answering_always(move || echoing(ranged_answer(b"0123456789", 0, 10), &other));
     assert!(s
         .get_range("a", 0, &mut buf, None, Sealing::PRIMARY)
         .await
         .is_err());
+    // the echo on a later attempt: believed
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = n.clone();
+    let (s, _) = store_answering_always(move || {
+        let answer = ranged_answer(b"0123456789", 0, 10);
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            answer
+        } else {
+            echoing(answer, &key())
+        }
+    });
+    assert_eq!(
+        s.get_range("a", 0, &mut buf, None, Sealing::PRIMARY)
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(&buf, b"0123456789");
+}
+
+/// A store whose server gives `answer()` to every request, and how many it was asked.
+fn store_answering_always(
+    answer: impl Fn() -> HttpResponse + Send + Sync + 'static,
+) -> (AwsStore, Arc<std::sync::atomic::AtomicUsize>) {
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    let http = aws_smithy_http_client::test_util::infallible_client_fn(move |_req| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        answer().try_into_http1x().unwrap()
+    });
+    (store_over(http, KeyRing::single(key())), asked)
+}
+
+/// An `AwsStore` of bucket `b` whose requests go to `http`.
+fn store_over(
+    http: impl aws_smithy_runtime_api::client::http::HttpClient + 'static,
+    ring: KeyRing,
+) -> AwsStore {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version_latest()
+        .http_client(http)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "AKID", "SECRET", None, None, "test",
+        ))
+        .endpoint_url("http://127.0.0.1:1")
+        .force_path_style(true)
+        .build();
+    AwsStore::new(
+        aws_sdk_s3::Client::from_conf(conf),
+        "b".into(),
+        Arc::new(ring),
+    )
 }
 
 #[tokio::test]
@@ -302,7 +340,7 @@ async fn writes_name_their_key_and_old_keys_open_copy_sources() {
     assert_eq!(req.headers().get(SRC_KEY), Some(old_b64.as_str()));
     assert_eq!(req.headers().get(meta_fp.as_str()), Some(new_fp.as_str()));
 
-    let (s, rx) = store_answering(ring(), Some(ranged_answer(b"abcd", 0, 100)));
+    let (s, rx) = store_answering(ring(), Some(echoing(ranged_answer(b"abcd", 0, 100), &old)));
     let mut buf = [0u8; 4];
     let _ = s.get_range("a", 0, &mut buf, None, Sealing::Key(1)).await;
     assert_eq!(
