@@ -91,6 +91,10 @@ fn file_type(kind: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -100,16 +104,16 @@ pub fn file_attr(ino: u64, a: &Attr) -> FileAttr {
         ino: INodeNo(ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: a.ctime,
         kind: file_type(a.kind),
         perm: a.perm,
-        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 1 << 20,
         flags: 0,
     }
@@ -194,7 +198,7 @@ impl fuser::Filesystem for FuseAdapter {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -210,6 +214,7 @@ impl fuser::Filesystem for FuseAdapter {
             gid,
             size,
             mtime: mtime.map(time_of),
+            atime: atime.map(time_of),
         };
         let r = self.run("setattr", ino.0, self.fs.setattr(ino.0, set));
         reply_or!(reply, r, |reply: ReplyAttr, attr: Attr| reply
@@ -237,6 +242,31 @@ impl fuser::Filesystem for FuseAdapter {
                 parent.0,
                 self.fs
                     .mkdir(parent.0, n, mode & !umask, req.uid(), req.gid()),
+            )
+        });
+        reply_or!(reply, r, |reply: ReplyEntry, (ino, attr): (u64, Attr)| {
+            reply.entry(&KERNEL_TTL, &file_attr(ino, &attr), Generation(0))
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)] // fuser's signature
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // the type bits pass; only the permission bits take the umask
+        let mode = mode & !(umask & 0o7777);
+        let r = to_name(name).and_then(|n| {
+            self.run(
+                "mknod",
+                parent.0,
+                self.fs.mknod(parent.0, n, mode, rdev, req.uid(), req.gid()),
             )
         });
         reply_or!(reply, r, |reply: ReplyEntry, (ino, attr): (u64, Attr)| {

@@ -213,7 +213,12 @@ fn files_written_through_the_mount_carry_s3fs_metadata() {
     );
     assert_eq!(meta("uid"), uid.to_string(), "{h:?}");
     assert_eq!(meta("gid"), gid.to_string(), "{h:?}");
-    assert_eq!(meta("mtime"), md.mtime().to_string(), "{h:?}");
+    // s3fs's form: seconds, and nine digits of nanoseconds when there are any
+    let mtime = match md.mtime_nsec() {
+        0 => md.mtime().to_string(),
+        ns => format!("{}.{ns:09}", md.mtime()),
+    };
+    assert_eq!(meta("mtime"), mtime, "{h:?}");
     assert_eq!(h.sse_customer_algorithm.as_deref(), Some("AES256"));
     assert_eq!(h.sse_customer_key_md5, Some(m.key().md5_base64()));
 

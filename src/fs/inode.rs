@@ -105,6 +105,13 @@ impl Table {
         if let Some(ino) = self.child(parent, name) {
             let old = self.nodes.get_mut(&ino).expect("children and nodes agree");
             if old.attr.kind == node.attr.kind {
+                if node.attr.kind == Kind::Dir {
+                    // A directory's times move in memory as entries come and go through this
+                    // mount (storing them would cost a request per entry); a refresh from its
+                    // marker must not take them back.
+                    node.attr.mtime = node.attr.mtime.max(old.attr.mtime);
+                    node.attr.ctime = node.attr.ctime.max(old.attr.ctime);
+                }
                 node.parent = parent;
                 node.name = name.to_owned();
                 node.lookups = old.lookups;
@@ -139,6 +146,7 @@ impl Table {
                 self.nodes.remove(&ino);
             } else if let Some(n) = self.nodes.get_mut(&ino) {
                 n.remote = false;
+                n.attr.nlink = 0; // fstat of a descriptor still open shows it unlinked
             }
         }
     }

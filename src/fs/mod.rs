@@ -154,6 +154,7 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
 }
 
 /// One entry of a directory read.
@@ -336,7 +337,10 @@ impl Fs {
             n.lookups += 1;
             n.attr.clone()
         });
-        Ok((ino, attr.ok_or(FsError::NotFound)?))
+        Ok((
+            ino,
+            self.names.with_links(ino, attr.ok_or(FsError::NotFound)?),
+        ))
     }
 
     /// Drop `n` kernel references.
@@ -348,6 +352,12 @@ impl Fs {
 
     /// Current attributes.
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let attr = self.current_attr(ino).await?;
+        Ok(self.names.with_links(ino, attr))
+    }
+
+    /// The node's attributes, asked of the server again once they are stale.
+    async fn current_attr(&self, ino: u64) -> FsResult<Attr> {
         let node = self.names.node(ino)?;
         if ino == ROOT
             || node.fresh_until > std::time::Instant::now()
@@ -382,6 +392,7 @@ impl Fs {
             self.names.update(ino, |n| {
                 n.attr.size = 0;
                 n.attr.mtime = SystemTime::now();
+                n.attr.ctime = n.attr.mtime;
             });
         }
         self.names.update(ino, |n| n.open += 1);
@@ -419,6 +430,7 @@ impl Fs {
             .insert(ino, FileContent::new(None, &self.cfg.upload));
         let entry = Namespace::entry_of(&attr, "");
         self.names.listing_update(parent, name, Some(entry));
+        self.names.entries_changed(parent);
         Ok((ino, attr, self.handles.open_file()))
     }
 
@@ -439,7 +451,10 @@ impl Fs {
         let file = self.dirty_file(ino).await?;
         // The new mtime first: a multipart upload this write starts carries the metadata of
         // `target`, and is kept as it is when only times moved since (see FileContent::flush).
-        self.names.update(ino, |n| n.attr.mtime = SystemTime::now());
+        self.names.update(ino, |n| {
+            n.attr.mtime = SystemTime::now();
+            n.attr.ctime = n.attr.mtime;
+        });
         let target = self.names.target(ino)?;
         let mut f = file.clone().lock_owned().await;
         let was_clean = !f.is_dirty();
@@ -530,8 +545,10 @@ impl Fs {
         let now = SystemTime::now();
         let (mut attr, meta_changed) = set.applied_to(&node.attr, now);
         if let Some(size) = set.size {
-            if attr.kind != Kind::File {
-                return Err(FsError::IsDir);
+            match attr.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("only a regular file has a size to set")),
             }
             let file = self.dirty_file(ino).await?;
             let target = self.names.target(ino)?;
@@ -541,6 +558,7 @@ impl Fs {
                 .await?;
             attr.size = size;
             attr.mtime = set.mtime.unwrap_or(now);
+            attr.ctime = now;
         }
         self.names
             .update(ino, |n| n.attr = attr.clone())
@@ -572,6 +590,7 @@ impl Fs {
         node.lookups = 1;
         // A new directory is empty: its listing is complete.
         let ino = self.names.insert(parent, name, node, true);
+        self.names.entries_changed(parent);
         Ok((ino, attr))
     }
 
@@ -601,10 +620,11 @@ impl Fs {
         }
         self.names.forget_head(&key);
         self.names.remove(ino, parent, name);
+        self.names.entries_changed(parent);
         Ok(())
     }
 
-    /// Remove a file or symlink.
+    /// Remove a file, symlink or special file.
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         self.writable()?;
         let _ns = self.namespace.write().await;
@@ -627,6 +647,7 @@ impl Fs {
         self.names.forget_head(&key);
         self.wctx.cache.invalidate(&key);
         self.names.remove(ino, parent, name);
+        self.names.entries_changed(parent);
         Ok(())
     }
 
@@ -639,19 +660,59 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> FsResult<(u64, Attr)> {
-        self.writable()?;
-        self.must_not_exist(parent, name).await?;
-        let key = self.names.child_key(parent, name)?;
         let mut attr = Attr::new(Kind::Symlink, 0o777, uid, gid);
         attr.size = target.len() as u64;
         let body = Bytes::copy_from_slice(target.as_bytes());
+        self.make_object(parent, name, attr, body, Some(target.to_owned()))
+            .await
+    }
+
+    /// Make a FIFO, socket, device node or empty regular file: a zero-length object with the
+    /// type in its mode and the device in `rdev`, as s3fs stores them.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(u64, Attr)> {
+        let kind = match Kind::of_mode(mode) {
+            Some(Kind::Dir | Kind::Symlink) | None => {
+                return Err(FsError::Invalid("mknod of this file type"))
+            }
+            Some(k) => k,
+        };
+        let mut attr = Attr::new(kind, (mode & 0o7777) as u16, uid, gid);
+        if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+            attr.rdev = rdev;
+        }
+        self.make_object(parent, name, attr, Bytes::new(), None)
+            .await
+    }
+
+    /// Store a new object `body` with `attr` as `parent/name` (symlink, special file), which
+    /// must not exist yet.
+    async fn make_object(
+        &self,
+        parent: u64,
+        name: &str,
+        attr: Attr,
+        body: Bytes,
+        link_target: Option<String>,
+    ) -> FsResult<(u64, Attr)> {
+        self.writable()?;
+        self.must_not_exist(parent, name).await?;
+        let key = self.names.child_key(parent, name)?;
         let etag = self.store.put(&key, body, &attr.to_metadata()).await?;
         self.names.forget_head(&key);
         let mut node = self.names.new_node(attr.clone(), true);
-        node.etag = etag.clone();
+        node.etag = etag;
         node.lookups = 1;
-        node.link_target = Some(target.to_owned());
+        node.link_target = link_target;
         let ino = self.names.insert(parent, name, node, false);
+        self.names.entries_changed(parent);
         Ok((ino, attr))
     }
 
@@ -704,7 +765,10 @@ impl Fs {
             self.rename_file(ino, new_parent, new_name, dst).await?;
         }
         self.names
-            .moved(ino, (parent, name), (new_parent, new_name))
+            .moved(ino, (parent, name), (new_parent, new_name))?;
+        self.names.entries_changed(parent);
+        self.names.entries_changed(new_parent);
+        Ok(())
     }
 
     /// Filesystem statistics.
@@ -737,6 +801,9 @@ impl SetAttr {
         if let Some(t) = self.mtime {
             new.mtime = t;
         }
+        if let Some(t) = self.atime {
+            new.atime = t;
+        }
         let as_stored = |a: &Attr| {
             Attr {
                 size: 0,
@@ -755,6 +822,8 @@ impl SetAttr {
 
 mod pending;
 pub use pending::{FlushAll, Pending};
+#[cfg(test)]
+mod posix_tests;
 #[cfg(test)]
 mod sweep_tests;
 #[cfg(test)]

@@ -91,6 +91,19 @@ impl Namespace {
         self.table().get(ino).cloned().ok_or(FsError::BadHandle)
     }
 
+    /// `attr` of directory `ino` with its link count: 2 plus its subdirectories (their `..`),
+    /// as far as its cached listing knows them. Other kinds keep theirs.
+    pub(super) fn with_links(&self, ino: u64, mut attr: Attr) -> Attr {
+        if attr.kind == Kind::Dir {
+            let t = self.table();
+            let subdirs = t.listings.get(&ino).map_or(0, |l| {
+                l.entries.values().filter(|e| e.kind == Kind::Dir).count()
+            });
+            attr.nlink = 2u32.saturating_add(subdirs.try_into().unwrap_or(u32::MAX));
+        }
+        attr
+    }
+
     /// Run `f` on `ino`'s node, if the table still has it.
     pub(super) fn update<T>(&self, ino: u64, f: impl FnOnce(&mut Node) -> T) -> Option<T> {
         self.table().get_mut(ino).map(f)
@@ -531,6 +544,15 @@ impl Namespace {
         };
         self.listing_update(parent, name, Some(entry));
         ino
+    }
+
+    /// An entry of directory `dir` was made, removed or renamed: its mtime and ctime move, in
+    /// memory only (see `Table::upsert`).
+    pub(super) fn entries_changed(&self, dir: u64) {
+        self.update(dir, |n| {
+            n.attr.mtime = SystemTime::now();
+            n.attr.ctime = n.attr.mtime;
+        });
     }
 
     /// `ino`, at `parent/name`, is gone from the server: unlink it here too.

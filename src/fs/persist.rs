@@ -181,8 +181,8 @@ impl Fs {
         result
     }
 
-    /// Persist metadata of an unchanged node: CopyObject onto itself (files, symlinks) or a
-    /// new marker (directories).
+    /// Persist metadata of an unchanged node: CopyObject onto itself (files, symlinks, special
+    /// files) or a new marker (directories).
     async fn store_metadata(&self, ino: u64, attr: &Attr) -> FsResult<()> {
         let node = self.names.node(ino)?;
         if ino == ROOT && self.cfg.prefix.is_empty() {
@@ -190,10 +190,8 @@ impl Fs {
         }
         match attr.kind {
             Kind::Dir => self.store_dir_marker(ino, attr).await,
-            Kind::File | Kind::Symlink if node.remote => {
-                self.copy_onto_itself(ino, &node, attr).await
-            }
-            Kind::File | Kind::Symlink => Ok(()),
+            _ if node.remote => self.copy_onto_itself(ino, &node, attr).await,
+            _ => Ok(()),
         }
     }
 

@@ -5,10 +5,11 @@
 //! every file it moves held until the copy is that state's base.
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::attr::Kind;
+use super::attr::{Attr, Kind};
 use super::writeback::HeldFile;
 use super::{Fs, PLAIN_REFUSED};
 use crate::cache::blocks::ObjectRef;
@@ -71,13 +72,18 @@ impl Fs {
         let dst_key = self.names.child_key(new_parent, new_name)?;
         let mut held = self.hold_uploaded(ino).await?;
         let node = self.names.node(ino)?;
+        // a rename changes the file's ctime (as Linux filesystems do); the copy stores it
+        let renamed = Attr {
+            ctime: SystemTime::now(),
+            ..node.attr.clone()
+        };
         if node.remote {
             let etag = crate::s3::copy_any_size(
                 self.store.as_ref(),
                 &crate::s3::CopyRequest {
                     src: &src_key,
                     dst: &dst_key,
-                    meta: Some(&node.attr.to_metadata()),
+                    meta: Some(&renamed.to_metadata()),
                     src_sealing: node.sealing,
                 },
                 node.attr.size,
@@ -102,6 +108,7 @@ impl Fs {
                 n.sealing = Sealing::PRIMARY;
             });
         }
+        self.names.update(ino, |n| n.attr.ctime = renamed.ctime);
         drop(held);
         if let Some(d) = dst {
             self.discard_replaced(d, &dst_key).await?;
@@ -187,6 +194,8 @@ impl Fs {
             }
         }
         drop(held);
+        // the directory's ctime moves in memory, like its times when entries change
+        self.names.update(ino, |n| n.attr.ctime = SystemTime::now());
         if let Some(d) = dst {
             self.names.table().listings.remove(&d);
         }

@@ -313,6 +313,10 @@ fn record_upload(
                 .get("ctime")
                 .and_then(|v| attr::parse_epoch(v))
                 .unwrap_or(n.attr.ctime);
+            n.attr.atime = m
+                .get("atime")
+                .and_then(|v| attr::parse_epoch(v))
+                .unwrap_or(n.attr.atime);
         }
         (
             n.parent,

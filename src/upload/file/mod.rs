@@ -610,6 +610,7 @@ impl FileContent {
                 let mut x = x.clone();
                 x.remove("mtime");
                 x.remove("ctime");
+                x.remove("atime");
                 x
             };
             strip(m) == strip(&target.meta)
