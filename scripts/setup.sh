@@ -8,10 +8,12 @@
 #
 # Meant for Debian 12 (apt); runs as root, or uses sudo. Installs:
 #   apt:    fuse3 rsync stunnel4 openssl curl ca-certificates gdb (gcore, for the core-dump test),
-#           build-essential if there is no `cc`
+#           s3fs (the test that mounts one bucket with both), build-essential if there is no `cc`
 #   Rust:   rustup (stable, minimal profile) with rustfmt and clippy, if there is no `cargo`
 #   Garage: scripts/test-server.sh install (`cargo install garage --locked`, ~10 min on 2 cores,
 #           kept in ~/.cargo/bin)
+#   pjdfstest: `cargo install pjdfstest --locked` (~2 min, kept in ~/.cargo/bin), for
+#           scripts/pjdfstest.sh (with Garage)
 #   cargo-deb: `cargo install cargo-deb --locked` (~3 min on 2 cores, kept in ~/.cargo/bin), for
 #           scripts/deb.sh and scripts/test-deb.sh
 # Nothing here depends on which python3 comes first on PATH: no Python is needed.
@@ -53,7 +55,7 @@ as_root() {
 }
 
 # --- system packages -------------------------------------------------------------------------
-packages=(fuse3 rsync stunnel4 openssl curl ca-certificates gdb)
+packages=(fuse3 rsync stunnel4 openssl curl ca-certificates gdb s3fs)
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
 	installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 	missing=()
@@ -93,6 +95,12 @@ fi
 # --- Garage ----------------------------------------------------------------------------------
 if ((garage)); then
 	scripts/test-server.sh install
+fi
+
+# --- pjdfstest (scripts/pjdfstest.sh) --------------------------------------------------------
+if ((garage)) && ! command -v pjdfstest >/dev/null 2>&1; then
+	echo "setup.sh: no pjdfstest: cargo install pjdfstest --locked --version 0.2.2 (~2 min on 2 cores)"
+	(cd / && env -u CARGO_TARGET_DIR cargo install pjdfstest --locked --version 0.2.2)
 fi
 
 # --- cargo-deb -------------------------------------------------------------------------------

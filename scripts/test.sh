@@ -14,7 +14,8 @@
 # arguments) as root, scripts/test-deb.sh: the Debian package, installed, mounted from
 # /etc/fstab and removed (SSECFS_TEST_DEB=0 skips it, 1 runs it with arguments too). The output
 # is also kept in $CARGO_TARGET_DIR/test-logs/, and the last line says which binaries and tests
-# failed (and how the package test went).
+# failed (and how the package test went). Then, on the same conditions, pjdfstest
+# (scripts/pjdfstest.sh --floor 95; SSECFS_TEST_PJDFSTEST=0 skips it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ssecfs-target}
@@ -177,6 +178,39 @@ else
 		else
 			summary="test.sh: FAILED: the Debian package test $deb_last (scripts/test-deb.sh); ${body#test.sh: }.$log_suffix"
 		fi
+	fi
+fi
+# Then pjdfstest on an --allow-other mount (scripts/pjdfstest.sh), with the floor that only goes
+# up: same conditions as the package test; SSECFS_TEST_PJDFSTEST=0 skips it, 1 runs it anyway.
+pjd_why=
+case ${SSECFS_TEST_PJDFSTEST:-} in
+0) pjd_why="SSECFS_TEST_PJDFSTEST=0" ;;
+1) ;;
+*)
+	if (($#)); then
+		pjd_why="arguments given; SSECFS_TEST_PJDFSTEST=1 runs it"
+	elif [[ $(id -u) != 0 ]]; then
+		pjd_why="needs root"
+	fi
+	;;
+esac
+if [[ -n $pjd_why ]]; then
+	summary="${summary%"$log_suffix"}"
+	summary="${summary%.}; pjdfstest was skipped ($pjd_why).$log_suffix"
+else
+	echo "test.sh: pjdfstest (scripts/pjdfstest.sh --floor ${SSECFS_PJDFSTEST_FLOOR:=95})" >&2
+	pjd_rc=0
+	scripts/pjdfstest.sh --floor "$SSECFS_PJDFSTEST_FLOOR" 2>&1 | tee -a "$log" || pjd_rc=${PIPESTATUS[0]}
+	pjd_last=$(grep -E '^pjdfstest.sh: (passed|FAILED)' "$log" | tail -n 1 || true)
+	pjd_last=${pjd_last#pjdfstest.sh: }
+	summary="${summary%"$log_suffix"}"
+	summary="${summary%.}"
+	if ((pjd_rc == 0)); then
+		summary="$summary; pjdfstest ${pjd_last:-passed}.$log_suffix"
+	else
+		((rc != 0)) || rc=$pjd_rc
+		summary="$summary; pjdfstest ${pjd_last:-FAILED (exit $pjd_rc)}.$log_suffix"
+		[[ $summary == "test.sh: FAILED: "* ]] || summary="test.sh: FAILED: ${summary#test.sh: }"
 	fi
 fi
 echo "$summary" >&2

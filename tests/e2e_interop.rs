@@ -374,3 +374,132 @@ fn uploads_carry_a_checksum_the_server_verified() {
     let composite = checksum("big.bin").expect("a multipart upload reports its checksum");
     assert!(composite.ends_with("-3"), "3 parts of 5 MiB: {composite}");
 }
+
+/// s3fs-fuse mounting `bucket` with SSE-C key `key`; unmounted (lazily) when dropped.
+struct S3fsMount {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl S3fsMount {
+    fn new(bucket: &str, key: &Key) -> S3fsMount {
+        let dir = tempdir("s3fs-");
+        let path = dir.path().join("mnt");
+        fs::create_dir(&path).unwrap();
+        let secret = |p: &Path, text: String| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::write(p, text).unwrap();
+            fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let passwd = dir.path().join("passwd");
+        let id = std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID");
+        let sk = std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY");
+        secret(&passwd, format!("{id}:{sk}\n"));
+        let keys = dir.path().join("sse-c.keys");
+        secret(&keys, format!("{}\n", key.base64())); // s3fs: one base64 key per line
+        let opts = format!(
+            "passwd_file={},url={},use_path_request_style,endpoint={},use_sse=custom:{}",
+            passwd.display(),
+            endpoint(),
+            region(),
+            keys.display()
+        );
+        let out = std::process::Command::new("s3fs")
+            .arg(bucket)
+            .arg(&path)
+            .args(["-o", &opts])
+            .output()
+            .expect("run s3fs (scripts/setup.sh installs it: apt install s3fs)");
+        assert!(out.status.success(), "s3fs: {out:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !is_fuse_mount(&path) {
+            assert!(std::time::Instant::now() < deadline, "s3fs did not mount");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        S3fsMount { _dir: dir, path }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for S3fsMount {
+    fn drop(&mut self) {
+        unmount_path(&self.path, std::time::Duration::from_secs(10));
+    }
+}
+
+fn mkfifo(p: &Path) {
+    run("mkfifo", &["-m", "640", p.to_str().unwrap()]);
+}
+
+fn mknod(p: &Path, kind: &str, major: u32, minor: u32) {
+    let (maj, min) = (major.to_string(), minor.to_string());
+    run(
+        "mknod",
+        &["-m", "600", p.to_str().unwrap(), kind, &maj, &min],
+    );
+}
+
+/// File type and permission bits of `p`, not following a symlink.
+fn type_and_mode(p: &Path) -> (u32, u32) {
+    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+    (m.mode() & libc::S_IFMT, m.mode() & 0o7777)
+}
+
+#[test]
+fn special_files_round_trip_with_s3fs_in_both_directions() {
+    let b = TestBucket::new();
+    let m = Mount::new(&b, &[]);
+    let s = S3fsMount::new(b.name(), m.key());
+    // made through ssecfs, seen by s3fs
+    mkfifo(&m.path("ours-fifo"));
+    mknod(&m.path("ours-chr"), "c", 1, 5);
+    mknod(&m.path("ours-blk"), "b", 7, 3);
+    fs::write(m.path("ours-file"), b"ssecfs wrote this").unwrap();
+    // made through s3fs, seen by ssecfs
+    mkfifo(&s.path("theirs-fifo"));
+    mknod(&s.path("theirs-chr"), "c", 8, 1);
+    fs::write(s.path("theirs-file"), b"s3fs wrote this").unwrap();
+    let expected = [
+        ("ours-fifo", libc::S_IFIFO, 0o640),
+        ("ours-chr", libc::S_IFCHR, 0o600),
+        ("ours-blk", libc::S_IFBLK, 0o600),
+        ("ours-file", libc::S_IFREG, 0o644),
+        ("theirs-fifo", libc::S_IFIFO, 0o640),
+        ("theirs-chr", libc::S_IFCHR, 0o600),
+        ("theirs-file", libc::S_IFREG, 0o644),
+    ];
+    // a fresh ssecfs mount reads everything from the server, not from what it made
+    let fresh = Mount::with_key(&b, m.key(), &[]);
+    for (name, ty, mode) in expected {
+        assert_eq!(type_and_mode(&s.path(name)), (ty, mode), "s3fs sees {name}");
+        assert_eq!(
+            type_and_mode(&fresh.path(name)),
+            (ty, mode),
+            "ssecfs sees {name}"
+        );
+    }
+    // device numbers: ssecfs keeps its own (s3fs 1.90 stores none, so its node shows 0:0)
+    let rdev = |p: &Path| fs::symlink_metadata(p).unwrap().rdev();
+    assert_eq!(rdev(&fresh.path("ours-chr")), libc::makedev(1, 5));
+    assert_eq!(rdev(&fresh.path("ours-blk")), libc::makedev(7, 3));
+    assert_eq!(fs::read(s.path("ours-file")).unwrap(), b"ssecfs wrote this");
+    assert_eq!(
+        fs::read(fresh.path("theirs-file")).unwrap(),
+        b"s3fs wrote this"
+    );
+    // they are plain SSE-C objects under the same key, with no body
+    let h = head(b.name(), "ours-fifo", Some(m.key())).unwrap();
+    assert_eq!(
+        h.metadata.get("mode"),
+        Some(&(libc::S_IFIFO | 0o640).to_string())
+    );
+    // and one mount removes what the other made
+    fs::remove_file(fresh.path("theirs-fifo")).unwrap();
+    fs::remove_file(s.path("ours-chr")).unwrap();
+    assert!(!list(b.name(), "")
+        .iter()
+        .any(|k| k == "theirs-fifo" || k == "ours-chr"));
+}

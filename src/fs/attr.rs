@@ -345,7 +345,7 @@ mod tests {
             }
             let m = a.to_metadata();
             assert_eq!(m["mode"], (bits | 0o640).to_string());
-            assert_eq!(m.get("rdev").is_some(), a.rdev != 0);
+            assert_eq!(m.contains_key("rdev"), a.rdev != 0);
             let b = Attr::from_object(0, SystemTime::now(), &m, false, &D);
             assert_eq!(a, b);
         }
