@@ -229,22 +229,11 @@ impl AwsStore {
         sealing: Sealing,
     ) -> Result<S3Result<usize>, BodyFailure> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", offset, offset + total as u64 - 1));
-        if let Some(etag) = etag {
-            req = req.if_match(etag);
-        }
         let opener = match self.key_of(sealing) {
             Ok(k) => k,
             Err(e) => return Ok(Err(e)),
         };
-        if let Some(k) = opener {
-            req = with_key!(req, k);
-        }
+        let req = self.ranged_get(key, offset, total, etag, opener);
         let out = match req.send().await {
             Ok(out) => out,
             Err(e) => {
@@ -268,59 +257,9 @@ impl AwsStore {
                 return Err(BodyFailure(e));
             }
         }
-        // How many bytes the answer must carry: the range it says it holds. Without a
-        // Content-Range only a full buffer, or a whole object from offset 0, is believable.
-        let expected = match out.content_range().map(parse_content_range) {
-            Some(Some((first, last))) if first == offset && last >= first => {
-                let n = last - first + 1;
-                if n > total as u64 {
-                    return Err(BodyFailure(malformed(
-                        Request::object("GetObject", key),
-                        format!("GET answered {n} bytes for a range of {total}"),
-                    )));
-                }
-                Some(n as usize)
-            }
-            Some(_) => {
-                return Err(BodyFailure(malformed(
-                    Request::object("GetObject", key),
-                    format!(
-                        "GET at {offset} answered Content-Range {:?}",
-                        out.content_range()
-                    ),
-                )))
-            }
-            None => None,
-        };
+        let expected = expected_len(key, offset, total, out.content_range())?;
         let length = out.content_length();
-        let mut body = out.body;
-        let mut filled = 0;
-        // Where the next byte goes: buffer `slot`, at `at` within it.
-        let (mut slot, mut at) = (0, 0);
-        loop {
-            let chunk = match body.try_next().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(BodyFailure(S3Error::Transport(format!(
-                        "reading response body: {e}"
-                    ))))
-                }
-            };
-            let mut rest = &chunk[..];
-            while !rest.is_empty() && slot < bufs.len() {
-                let n = rest.len().min(bufs[slot].len() - at);
-                bufs[slot][at..at + n].copy_from_slice(&rest[..n]);
-                rest = &rest[n..];
-                filled += n;
-                at += n;
-                if at == bufs[slot].len() {
-                    slot += 1;
-                    at = 0;
-                }
-            }
-            // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
-        }
+        let filled = fill_bufs(out.body, bufs).await?;
         let believable = match expected {
             Some(n) => filled == n,
             None => filled == total || (offset == 0 && length == Some(filled as i64)),
@@ -336,6 +275,93 @@ impl AwsStore {
         }
         Ok(Ok(filled))
     }
+
+    /// The GetObject request of `total` bytes at `offset`: only from version `etag` when
+    /// given, with the key trio of `opener` unless the object is plain.
+    fn ranged_get(
+        &self,
+        key: &str,
+        offset: u64,
+        total: usize,
+        etag: Option<&str>,
+        opener: Option<&CustomerKey>,
+    ) -> aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", offset, offset + total as u64 - 1));
+        if let Some(etag) = etag {
+            req = req.if_match(etag);
+        }
+        if let Some(k) = opener {
+            req = with_key!(req, k);
+        }
+        req
+    }
+}
+
+/// How many bytes a GET of `total` at `offset` must carry: the range its Content-Range says
+/// it holds. Without a Content-Range (`None`) only a full buffer, or a whole object from
+/// offset 0, is believable; a range elsewhere, or longer than asked, is a garbled answer.
+fn expected_len(
+    key: &str,
+    offset: u64,
+    total: usize,
+    content_range: Option<&str>,
+) -> Result<Option<usize>, BodyFailure> {
+    match content_range.map(parse_content_range) {
+        Some(Some((first, last))) if first == offset && last >= first => {
+            let n = last - first + 1;
+            if n > total as u64 {
+                return Err(BodyFailure(malformed(
+                    Request::object("GetObject", key),
+                    format!("GET answered {n} bytes for a range of {total}"),
+                )));
+            }
+            Ok(Some(n as usize))
+        }
+        Some(_) => Err(BodyFailure(malformed(
+            Request::object("GetObject", key),
+            format!("GET at {offset} answered Content-Range {content_range:?}"),
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Copy a response body into `bufs`, one after another, dropping each chunk (the HTTP
+/// stack's copy of the plaintext) right after it is copied; bytes beyond `bufs` are
+/// dropped too. Returns how many bytes were written; a body that breaks is a failure to retry.
+async fn fill_bufs(mut body: ByteStream, bufs: &mut [&mut [u8]]) -> Result<usize, BodyFailure> {
+    let mut filled = 0;
+    // Where the next byte goes: buffer `slot`, at `at` within it.
+    let (mut slot, mut at) = (0, 0);
+    loop {
+        let chunk = match body.try_next().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(BodyFailure(S3Error::Transport(format!(
+                    "reading response body: {e}"
+                ))))
+            }
+        };
+        let mut rest = &chunk[..];
+        while !rest.is_empty() && slot < bufs.len() {
+            let n = rest.len().min(bufs[slot].len() - at);
+            bufs[slot][at..at + n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            filled += n;
+            at += n;
+            if at == bufs[slot].len() {
+                slot += 1;
+                at = 0;
+            }
+        }
+        // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
+    }
+    Ok(filled)
 }
 
 #[async_trait]
