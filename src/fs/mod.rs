@@ -68,7 +68,7 @@ use crate::arena::{Arena, LockedBuf};
 use crate::cache::blocks::BlockCache;
 use crate::cache::spill::Spill;
 use crate::error::{FsError, FsResult};
-use crate::s3::{ObjectStore, S3Error, Sealing};
+use crate::s3::{ObjectStore, ReadSource, S3Error, Sealing};
 use crate::upload::file::WriteContext;
 use crate::upload::{FileContent, UploadConfig};
 use attr::{Attr, Defaults, Kind};
@@ -672,7 +672,7 @@ impl Fs {
             .await?;
         let n = self
             .store
-            .get_range(&key, 0, &mut buf, None, node.sealing)
+            .get_range(&ReadSource::latest(&key, node.sealing), 0, &mut buf)
             .await?;
         let target = String::from_utf8_lossy(&buf[..n]).into_owned();
         self.names

@@ -33,7 +33,8 @@ pub use self::connect::{build_client, ConnectError, Connection, IDLE_CONNECTION,
 use self::error::{malformed, map_err, sdk_error};
 use super::{
     crc32c_base64, CompletedPart, CopyRequest, ListPage, Metadata, ObjectInfo, ObjectStore,
-    PartSource, PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    PartSource, PendingUpload, ReadSource, Request, S3Error, S3Result, Sealing,
+    KEY_FINGERPRINT_META,
 };
 use crate::key::{CustomerKey, KeyRing};
 
@@ -218,22 +219,21 @@ impl AwsStore {
         })
     }
 
-    /// One GET of `Σ len(bufs)` bytes at `offset`, filling `bufs` in order. The outer `Err` is
-    /// a body failure to retry; the inner result is final.
+    /// One GET of `Σ len(bufs)` bytes of `src` at `offset`, filling `bufs` in order. The
+    /// outer `Err` is a body failure to retry; the inner result is final.
     async fn get_range_once(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         bufs: &mut [&mut [u8]],
-        etag: Option<&str>,
-        sealing: Sealing,
     ) -> Result<S3Result<usize>, BodyFailure> {
+        let key = src.key;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let opener = match self.key_of(sealing) {
+        let opener = match self.key_of(src.sealing) {
             Ok(k) => k,
             Err(e) => return Ok(Err(e)),
         };
-        let req = self.ranged_get(key, offset, total, etag, opener);
+        let req = self.ranged_get(src, offset, total, opener);
         let out = match req.send().await {
             Ok(out) => out,
             Err(e) => {
@@ -276,23 +276,22 @@ impl AwsStore {
         Ok(Ok(filled))
     }
 
-    /// The GetObject request of `total` bytes at `offset`: only from version `etag` when
-    /// given, with the key trio of `opener` unless the object is plain.
+    /// The GetObject request of `total` bytes of `src` at `offset`: only from version
+    /// `src.etag` when given, with the key trio of `opener` unless the object is plain.
     fn ranged_get(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         total: usize,
-        etag: Option<&str>,
         opener: Option<&CustomerKey>,
     ) -> aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder {
         let mut req = self
             .client
             .get_object()
             .bucket(&self.bucket)
-            .key(key)
+            .key(src.key)
             .range(format!("bytes={}-{}", offset, offset + total as u64 - 1));
-        if let Some(etag) = etag {
+        if let Some(etag) = src.etag {
             req = req.if_match(etag);
         }
         if let Some(k) = opener {
@@ -445,11 +444,9 @@ impl ObjectStore for AwsStore {
 
     async fn get_ranges(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         bufs: &mut [&mut [u8]],
-        etag: Option<&str>,
-        sealing: Sealing,
     ) -> S3Result<usize> {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
@@ -458,9 +455,9 @@ impl ObjectStore for AwsStore {
         // short after that is ours to retry (the range is idempotent).
         let mut attempt = 1;
         loop {
-            match self.get_range_once(key, offset, bufs, etag, sealing).await {
+            match self.get_range_once(src, offset, bufs).await {
                 Err(BodyFailure(e)) if attempt < BODY_ATTEMPTS => {
-                    tracing::warn!(object = key, offset, attempt, error = %e, "ranged GET failed mid-body; retrying");
+                    tracing::warn!(object = src.key, offset, attempt, error = %e, "ranged GET failed mid-body; retrying");
                     backoff(attempt).await;
                     attempt += 1;
                 }
