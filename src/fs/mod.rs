@@ -20,7 +20,7 @@
 //! - `persist.rs`: the attribute persister (folded into an upload, a copy onto itself, or a
 //!   directory marker).
 //! - `rename.rs`: the rename engine.
-//! - `pending.rs`: what is not on the server yet, and storing all of it (`flush_all`).
+//! - `pending.rs`: what is not on the server yet, and storing all of it (`upload_all`).
 //!
 //! # Lock order
 //!
@@ -754,7 +754,7 @@ impl SetAttr {
 }
 
 mod pending;
-pub use pending::{FlushAll, Pending};
+pub use pending::{Pending, UploadAll};
 #[cfg(test)]
 mod sweep_tests;
 #[cfg(test)]

@@ -283,7 +283,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     let result = session
         .run()
         .map_err(|e| format!("FUSE session ended with an error: {e}"));
-    let failed = rt.block_on(fs.flush_all(crate::fs::FlushAll::Unmount));
+    let failed = rt.block_on(fs.upload_all(crate::fs::UploadAll::Unmount));
     rt.shutdown_timeout(Duration::from_secs(5));
     if failed > 0 {
         return Err(format!("{failed} files could not be uploaded before exit"));
@@ -438,7 +438,7 @@ fn spawn_signal_handler(
         let any = futures::future::select_all(signals.iter_mut().map(|s| Box::pin(s.recv())));
         let _ = any.await;
         tracing::info!("signal received: uploading pending writes, then unmounting");
-        let failed = fs_sig.flush_all(crate::fs::FlushAll::Unmount).await;
+        let failed = fs_sig.upload_all(crate::fs::UploadAll::Unmount).await;
         if failed > 0 {
             tracing::error!(failed, "files could not be uploaded");
         }
