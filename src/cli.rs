@@ -346,6 +346,32 @@ pub fn parse_size(s: &str) -> Result<u64, CliError> {
 /// flags found in `-o`.
 pub fn expand_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String>), CliError> {
     let mut args = args;
+    as_mount_command(&mut args);
+    let longs = mount_longs();
+    let mut out = Vec::with_capacity(args.len());
+    let mut kernel = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let s = a.to_str().map(str::to_owned);
+        let opts = match s.as_deref() {
+            Some("-o") => match it.next() {
+                Some(v) => v.to_string_lossy().into_owned(),
+                None => return Err(CliError::MissingValue("-o".into())),
+            },
+            Some(x) if x.starts_with("-o") && x.len() > 2 => x[2..].to_owned(),
+            _ => {
+                out.push(a);
+                continue;
+            }
+        };
+        expand_options(&opts, &longs, &mut out, &mut kernel)?;
+    }
+    Ok((out, kernel))
+}
+
+/// The mount(8) forms become a `mount` subcommand: the helper's own flags are dropped, and
+/// `mount` is inserted before a first argument that is no subcommand nor option (a SOURCE).
+fn as_mount_command(args: &mut Vec<OsString>) {
     // Called as /sbin/mount.ssecfs by mount(8): `mount.ssecfs SPEC DIR [-sfnv] [-o OPTS]`.
     // -s (sloppy), -n (no mtab), -v (verbose) mean nothing to us; -f (fake) must not be read
     // as --foreground.
@@ -365,67 +391,64 @@ pub fn expand_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String>), 
             args.insert(1, "mount".into());
         }
     }
-    // Long options of `mount` and whether they take a value.
+}
+
+/// Long options of `mount` and whether they take a value: what a `-o` name may stand for,
+/// read from the clap definition so that every new option works in `-o` too.
+fn mount_longs() -> Vec<(String, bool)> {
     let cmd = Cli::command();
     let mount = cmd
         .find_subcommand("mount")
         .expect("mount subcommand exists");
-    let longs: Vec<(String, bool)> = mount
+    mount
         .get_arguments()
         .filter_map(|a| {
             let takes = a.get_action().takes_values();
             a.get_long().map(|l| (l.to_owned(), takes))
         })
-        .collect();
-    let mut out = Vec::with_capacity(args.len());
-    let mut kernel = Vec::new();
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        let s = a.to_str().map(str::to_owned);
-        let opts = match s.as_deref() {
-            Some("-o") => match it.next() {
-                Some(v) => v.to_string_lossy().into_owned(),
-                None => return Err(CliError::MissingValue("-o".into())),
-            },
-            Some(x) if x.starts_with("-o") && x.len() > 2 => x[2..].to_owned(),
-            _ => {
-                out.push(a);
-                continue;
-            }
+        .collect()
+}
+
+/// One `-o a,b=c` list: each option becomes its long option in `out`, or a kernel flag in
+/// `kernel`; fstab's and systemd's own options and the ignored ones are skipped.
+fn expand_options(
+    opts: &str,
+    longs: &[(String, bool)],
+    out: &mut Vec<OsString>,
+    kernel: &mut Vec<String>,
+) -> Result<(), CliError> {
+    for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
         };
-        for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-            let (name, value) = match opt.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (opt, None),
-            };
-            if name.starts_with("x-systemd.") || name.starts_with("x-") || name == "comment" {
-                continue;
+        if name.starts_with("x-systemd.") || name.starts_with("x-") || name == "comment" {
+            continue;
+        }
+        if KERNEL_FLAGS.contains(&name) {
+            kernel.push(name.to_owned());
+            continue;
+        }
+        let canonical = name.replace('_', "-");
+        let canonical = match canonical.as_str() {
+            "ro" => "read-only".to_owned(),
+            "key" => "key-file".to_owned(),
+            other => other.to_owned(),
+        };
+        if let Some((long, takes)) = longs.iter().find(|(l, _)| *l == canonical) {
+            match (takes, value) {
+                (true, Some(v)) => out.push(format!("--{long}={v}").into()),
+                (true, None) => return Err(CliError::MissingValue(name.into())),
+                (false, None) => out.push(format!("--{long}").into()),
+                (false, Some(_)) => return Err(CliError::UnexpectedValue(name.into())),
             }
-            if KERNEL_FLAGS.contains(&name) {
-                kernel.push(name.to_owned());
-                continue;
-            }
-            let canonical = name.replace('_', "-");
-            let canonical = match canonical.as_str() {
-                "ro" => "read-only".to_owned(),
-                "key" => "key-file".to_owned(),
-                other => other.to_owned(),
-            };
-            if let Some((long, takes)) = longs.iter().find(|(l, _)| *l == canonical) {
-                match (takes, value) {
-                    (true, Some(v)) => out.push(format!("--{long}={v}").into()),
-                    (true, None) => return Err(CliError::MissingValue(name.into())),
-                    (false, None) => out.push(format!("--{long}").into()),
-                    (false, Some(_)) => return Err(CliError::UnexpectedValue(name.into())),
-                }
-            } else if IGNORED.contains(&name) {
-                continue;
-            } else {
-                return Err(CliError::UnknownOption(name.into()));
-            }
+        } else if IGNORED.contains(&name) {
+            continue;
+        } else {
+            return Err(CliError::UnknownOption(name.into()));
         }
     }
-    Ok((out, kernel))
+    Ok(())
 }
 
 /// Split `BUCKET[:PREFIX]` (also accepts `s3://BUCKET/PREFIX`).

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use sha2::Digest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::fs::{FlushAll, Fs};
+use crate::fs::{Fs, UploadAll};
 
 /// What `status` reports about a mount beyond the live figures.
 #[derive(Debug, Clone)]
@@ -99,8 +99,8 @@ async fn answer(
     match line.trim() {
         "status" => write.write_all(status(fs, info).as_bytes()).await,
         "sync" => {
-            let flushing = fs.clone();
-            let mut task = tokio::spawn(async move { flushing.flush_all(FlushAll::Sync).await });
+            let uploading = fs.clone();
+            let mut task = tokio::spawn(async move { uploading.upload_all(UploadAll::Sync).await });
             loop {
                 tokio::select! {
                     failed = &mut task => {

@@ -166,7 +166,7 @@ impl fuser::Filesystem for FuseAdapter {
     fn destroy(&mut self) {
         let failed = self
             .rt
-            .block_on(self.fs.flush_all(crate::fs::FlushAll::Unmount));
+            .block_on(self.fs.upload_all(crate::fs::UploadAll::Unmount));
         if failed > 0 {
             tracing::error!(failed, "files could not be uploaded at unmount");
         }

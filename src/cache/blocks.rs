@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use super::spill::{block_aad, Spill};
 use crate::arena::{Arena, LockedBuf};
 use crate::error::{FsError, FsResult};
-use crate::s3::{ObjectStore, S3Error, Sealing};
+use crate::s3::{ObjectStore, ReadSource, S3Error, Sealing};
 
 /// Block size for sequential reads and read-ahead.
 pub const LARGE_BLOCK: u64 = 1 << 20;
@@ -36,6 +36,17 @@ pub struct ObjectRef {
     pub etag: String,
     pub size: u64,
     pub sealing: Sealing,
+}
+
+impl ObjectRef {
+    /// What a GET of a block reads: this version of the object, when its ETag is known.
+    fn source(&self) -> ReadSource<'_> {
+        ReadSource {
+            key: &self.key,
+            etag: (!self.etag.is_empty()).then_some(self.etag.as_str()),
+            sealing: self.sealing,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -170,7 +181,7 @@ impl BlockCache {
             let mut buf = self.arena.alloc(len).await?;
             let n = self
                 .store
-                .get_range(&obj.key, start, &mut buf, None, obj.sealing)
+                .get_range(&ReadSource::latest(&obj.key, obj.sealing), start, &mut buf)
                 .await?;
             buf.set_len(n);
             return Ok(Arc::new(buf));
@@ -194,11 +205,7 @@ impl BlockCache {
                 let start = index * block_size;
                 let len = block_size.min(obj.size.saturating_sub(start)) as usize;
                 let mut buf = self.arena.alloc(len).await?;
-                let etag = (!obj.etag.is_empty()).then_some(obj.etag.as_str());
-                let n = self
-                    .store
-                    .get_range(&obj.key, start, &mut buf, etag, obj.sealing)
-                    .await?;
+                let n = self.store.get_range(&obj.source(), start, &mut buf).await?;
                 buf.set_len(n);
                 Ok::<_, FsError>(Arc::new(buf))
             })
@@ -339,11 +346,10 @@ impl BlockCache {
                 let len = block_size.min(obj.size.saturating_sub(start)) as usize;
                 bufs.push(self.arena.alloc(len).await?);
             }
-            let etag = (!obj.etag.is_empty()).then_some(obj.etag.as_str());
             let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
             let mut n = self
                 .store
-                .get_ranges(&obj.key, first * block_size, &mut slices, etag, obj.sealing)
+                .get_ranges(&obj.source(), first * block_size, &mut slices)
                 .await?;
             for (tx, mut b) in txs.into_iter().zip(bufs) {
                 let len = n.min(b.len());

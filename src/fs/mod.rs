@@ -20,7 +20,7 @@
 //! - `persist.rs`: the attribute persister (folded into an upload, a copy onto itself, or a
 //!   directory marker).
 //! - `rename.rs`: the rename engine.
-//! - `pending.rs`: what is not on the server yet, and storing all of it (`flush_all`).
+//! - `pending.rs`: what is not on the server yet, and storing all of it (`upload_all`).
 //!
 //! # Lock order
 //!
@@ -68,7 +68,7 @@ use crate::arena::{Arena, LockedBuf};
 use crate::cache::blocks::BlockCache;
 use crate::cache::spill::Spill;
 use crate::error::{FsError, FsResult};
-use crate::s3::{ObjectStore, S3Error, Sealing};
+use crate::s3::{ObjectStore, ReadSource, S3Error, Sealing};
 use crate::upload::file::WriteContext;
 use crate::upload::{FileContent, UploadConfig};
 use attr::{Attr, Defaults, Kind};
@@ -733,7 +733,7 @@ impl Fs {
             .await?;
         let n = self
             .store
-            .get_range(&key, 0, &mut buf, None, node.sealing)
+            .get_range(&ReadSource::latest(&key, node.sealing), 0, &mut buf)
             .await?;
         let target = String::from_utf8_lossy(&buf[..n]).into_owned();
         self.names
@@ -821,7 +821,7 @@ impl SetAttr {
 }
 
 mod pending;
-pub use pending::{FlushAll, Pending};
+pub use pending::{Pending, UploadAll};
 #[cfg(test)]
 mod posix_tests;
 #[cfg(test)]

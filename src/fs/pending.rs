@@ -7,7 +7,7 @@ use super::Fs;
 
 /// Why everything is being stored: what a failure means differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushAll {
+pub enum UploadAll {
     /// Unmount or a signal: the daemon ends, a failure loses the data.
     Unmount,
     /// `ssecfs sync`: the mount goes on, a failure keeps the data for the next try.
@@ -65,10 +65,11 @@ impl Fs {
         v
     }
 
-    /// Upload every changed file and attribute, write-back ones included, many at once.
-    /// Returns how many failed. For [`FlushAll::Sync`] a failure stays in memory and is
-    /// reported again at the file's next open, close, fsync, sync or unmount.
-    pub async fn flush_all(&self, why: FlushAll) -> usize {
+    /// Upload every changed file and attribute, write-back ones included, many at once (not
+    /// a FUSE flush, which uploads the one file being closed). Returns how many failed. For
+    /// [`UploadAll::Sync`] a failure stays in memory and is reported again at the file's next
+    /// open, close, fsync, sync or unmount.
+    pub async fn upload_all(&self, why: UploadAll) -> usize {
         // A delayed store that took its inode out of the attribute persister's set before this looked must
         // finish too (before and after: it may take the inode while this goes through them).
         self.meta.stores_settled().await;
@@ -78,10 +79,10 @@ impl Fs {
             if let Err(e) = self.persist_metadata(ino).await {
                 let path = self.describe(ino);
                 match why {
-                    FlushAll::Unmount => {
+                    UploadAll::Unmount => {
                         tracing::error!(ino, path = %path, error = %e, "could not store changed attributes at unmount; they are lost")
                     }
-                    FlushAll::Sync => {
+                    UploadAll::Sync => {
                         tracing::error!(ino, path = %path, error = %e, "sync could not store changed attributes; they are kept for the next try")
                     }
                 }
@@ -100,8 +101,8 @@ impl Fs {
                     // name what is lost: the user has no other way to learn it
                     let path = self.describe(ino);
                     match why {
-                        FlushAll::Unmount => tracing::error!(ino, path = %path, error = %e, "could not upload a file at unmount; its unsaved changes are lost"),
-                        FlushAll::Sync => {
+                        UploadAll::Unmount => tracing::error!(ino, path = %path, error = %e, "could not upload a file at unmount; its unsaved changes are lost"),
+                        UploadAll::Sync => {
                             tracing::error!(ino, path = %path, error = %e, "sync could not upload a file; the data stays in memory for the next try");
                             self.wb.record_failure(ino, e);
                         }
@@ -147,14 +148,14 @@ mod tests {
         assert!(mem.raw("f").is_none());
 
         failing.fail_also(failing.requests() + 1);
-        assert_eq!(fs.flush_all(FlushAll::Sync).await, 1);
+        assert_eq!(fs.upload_all(UploadAll::Sync).await, 1);
         assert_eq!(fs.pending().failed, 1);
         let failures = fs.failures();
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].0, "f");
         assert!(mem.raw("f").is_none());
 
-        assert_eq!(fs.flush_all(FlushAll::Sync).await, 0);
+        assert_eq!(fs.upload_all(UploadAll::Sync).await, 0);
         assert!(fs.pending().is_empty(), "{:?}", fs.pending());
         assert_eq!(fs.pending().failed, 0);
         assert_eq!(mem.raw("f").unwrap(), b"closed, not uploaded");

@@ -28,7 +28,7 @@ pub(super) struct Persister {
     /// Written [`META_DELAY`] after the change, or carried by the copy of a rename made
     /// meanwhile, or on close, fsync and unmount.
     pending: Mutex<HashSet<u64>>,
-    /// Attribute stores under way (see [`MetaStore`]): `flush_all` waits for them, else the
+    /// Attribute stores under way (see [`MetaStore`]): `upload_all` waits for them, else the
     /// runtime's shutdown after it could cancel one that had already left `pending`.
     in_flight: Mutex<usize>,
     settled: Notify,

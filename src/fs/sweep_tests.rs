@@ -475,8 +475,8 @@ async fn run_case(w: &Workload, at: u64, kind: FailKind) -> (u64, Vec<String>) {
     // What the mount does next on its own: the write-back timer, then unmount (twice: a
     // failure injected into the first is retried by the second, as a later close would).
     tokio::time::sleep(Duration::from_millis(if w.write_back { 60 } else { 0 })).await;
-    let first = fs.flush_all(FlushAll::Unmount).await;
-    let second = fs.flush_all(FlushAll::Unmount).await;
+    let first = fs.upload_all(UploadAll::Unmount).await;
+    let second = fs.upload_all(UploadAll::Unmount).await;
     let settled = second == 0;
     let requests = failing.requests();
     let mut bad = Vec::new();

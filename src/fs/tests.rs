@@ -332,7 +332,7 @@ async fn chmod_on_clean_file_is_one_copy_after_a_short_delay_or_at_fsync() {
     assert_eq!(mem.counts()["copy"], copies + 2);
     assert_eq!(fs_on(&mem).lookup(ROOT, "f").await.unwrap().1.perm, 0o604);
     fs.setattr(ino, chmod(0o600)).await.unwrap();
-    assert_eq!(fs.flush_all(FlushAll::Unmount).await, 0);
+    assert_eq!(fs.upload_all(UploadAll::Unmount).await, 0);
     assert_eq!(fs_on(&mem).lookup(ROOT, "f").await.unwrap().1.perm, 0o600);
     tokio::time::sleep(META_DELAY * 2).await;
     assert_eq!(mem.counts()["copy"], copies + 3, "nothing left to write");
@@ -395,7 +395,7 @@ async fn write_back_folds_rsync_pattern_into_one_put() {
         mem.raw("dst/f0").is_none(),
         "close returned before the upload"
     );
-    assert_eq!(fs.flush_all(FlushAll::Unmount).await, 0);
+    assert_eq!(fs.upload_all(UploadAll::Unmount).await, 0);
     let c = mem.counts();
     assert_eq!(
         c.get("put").copied().unwrap_or(0),

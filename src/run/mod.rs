@@ -404,37 +404,36 @@ fn rotate(args: RotateArgs) -> ExitCode {
     });
     bar.finish_and_clear();
     match result {
-        Ok(s) => {
-            println!(
-                "{}rotated {}, already under the new key {}, adopted {}, plain (not SSE-C) {}, \
-                 opened by no key {}",
-                if args.dry_run {
-                    "dry run: would have "
-                } else {
-                    ""
-                },
-                s.rotated,
-                s.already,
-                s.adopted,
-                s.plain,
-                s.neither.len()
-            );
-            if s.plain > 0 {
-                println!(
-                    "  plain objects are left as they are; --adopt-plain seals them under the \
-                     new key"
-                );
-            }
-            for k in s.neither.iter().take(20) {
-                println!("  no key opens: {k}");
-            }
-            if s.neither.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        Ok(s) => report_rotation(&s, args.dry_run),
         Err(e) => fail(&e),
+    }
+}
+
+/// What a rotation did, and its exit status: 1 while some object is opened by no key given.
+fn report_rotation(s: &crate::s3::rotate::RotateSummary, dry_run: bool) -> ExitCode {
+    println!(
+        "{}rotated {}, already under the new key {}, adopted {}, plain (not SSE-C) {}, \
+         opened by no key {}",
+        if dry_run { "dry run: would have " } else { "" },
+        s.rotated,
+        s.already,
+        s.adopted,
+        s.plain,
+        s.neither.len()
+    );
+    if s.plain > 0 {
+        println!(
+            "  plain objects are left as they are; --adopt-plain seals them under the \
+             new key"
+        );
+    }
+    for k in s.neither.iter().take(20) {
+        println!("  no key opens: {k}");
+    }
+    if s.neither.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -30,6 +30,31 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
             m.source
         ));
     }
+    check_mountpoint(m)?;
+    let (cache_size, shrink) = cache_size(m)?;
+    let part_size = part_size(m, cache_size)?;
+    let umask = umask(m)?;
+    let write_back_max = write_back_max(m, cache_size)?;
+    let spill = spill(m, part_size)?;
+    let abort_uploads_after = cli::parse_age(&m.abort_uploads_after)
+        .map_err(|e| format!("--abort-uploads-after: {e}"))?
+        .filter(|_| !m.read_only);
+    Ok(Prepared {
+        abort_uploads_after,
+        spill,
+        bucket,
+        prefix,
+        cache_size,
+        shrink,
+        part_size,
+        umask,
+        write_back_max,
+    })
+}
+
+/// The mountpoint is a directory, and empty unless `--nonempty`: mounting over files would
+/// hide them while mounted.
+fn check_mountpoint(m: &MountArgs) -> Result<(), String> {
     let meta = std::fs::metadata(&m.mountpoint)
         .map_err(|e| format!("mountpoint {}: {e}", m.mountpoint.display()))?;
     if !meta.is_dir() {
@@ -49,6 +74,12 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
             m.mountpoint.display()
         ));
     }
+    Ok(())
+}
+
+/// `--cache-size` in bytes (at least 16M), and whether the arena may shrink it to the
+/// locked-memory limit (`auto`: 256M, or what the limit allows).
+fn cache_size(m: &MountArgs) -> Result<(u64, bool), String> {
     let (cache_size, shrink) = if m.cache_size.eq_ignore_ascii_case("auto") {
         (256 << 20, true)
     } else {
@@ -63,6 +94,12 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
             m.cache_size
         ));
     }
+    Ok((cache_size, shrink))
+}
+
+/// `--part-size` in bytes: within S3's part limits, and small enough that four parts fit in
+/// the cache.
+fn part_size(m: &MountArgs, cache_size: u64) -> Result<u64, String> {
     let part_size = cli::parse_size(&m.part_size).map_err(|e| format!("--part-size: {e}"))?;
     if !(crate::s3::MIN_PART..=1 << 30).contains(&part_size) {
         return Err(format!(
@@ -76,27 +113,40 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
             m.cache_size, m.part_size
         ));
     }
-    let umask = match &m.umask {
-        Some(u) => u32::from_str_radix(u, 8)
-            .map_err(|_| format!("--umask {u}: expected octal like 022"))?,
-        None => 0o022,
-    };
-    let write_back_max = match &m.write_back_max {
-        Some(v) => {
-            let n = cli::parse_size(v).map_err(|e| format!("--write-back-max: {e}"))?;
-            if n > cache_size {
-                return Err(format!(
-                    "--write-back-max {v} is larger than --cache-size {}",
-                    m.cache_size
-                ));
-            }
-            Some(n)
+    Ok(part_size)
+}
+
+/// `--umask`, octal; 022 when not given.
+fn umask(m: &MountArgs) -> Result<u32, String> {
+    match &m.umask {
+        Some(u) => {
+            u32::from_str_radix(u, 8).map_err(|_| format!("--umask {u}: expected octal like 022"))
         }
-        None => None,
+        None => Ok(0o022),
+    }
+}
+
+/// `--write-back-max` in bytes: pending writes live in the cache, so no more than it holds.
+fn write_back_max(m: &MountArgs, cache_size: u64) -> Result<Option<u64>, String> {
+    let Some(v) = &m.write_back_max else {
+        return Ok(None);
     };
-    let spill = match (&m.spill_dir, &m.spill_size) {
-        (None, None) => None,
-        (None, Some(_)) => return Err("--spill-size needs --spill-dir".into()),
+    let n = cli::parse_size(v).map_err(|e| format!("--write-back-max: {e}"))?;
+    if n > cache_size {
+        return Err(format!(
+            "--write-back-max {v} is larger than --cache-size {}",
+            m.cache_size
+        ));
+    }
+    Ok(Some(n))
+}
+
+/// `--spill-dir` (made absolute) and `--spill-size` in bytes: the tier must hold two sealed
+/// parts, and the directory is checked now, so that mount(8) prints what is wrong with it.
+fn spill(m: &MountArgs, part_size: u64) -> Result<Option<(PathBuf, u64)>, String> {
+    match (&m.spill_dir, &m.spill_size) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err("--spill-size needs --spill-dir".into()),
         (Some(dir), size) => {
             let size = cli::parse_size(size.as_deref().unwrap_or("1G"))
                 .map_err(|e| format!("--spill-size: {e}"))?;
@@ -116,23 +166,9 @@ fn prepare(m: &MountArgs) -> Result<Prepared, String> {
             let dir = dir
                 .canonicalize()
                 .map_err(|e| format!("--spill-dir {}: {e}", dir.display()))?;
-            Some((dir, size))
+            Ok(Some((dir, size)))
         }
-    };
-    let abort_uploads_after = cli::parse_age(&m.abort_uploads_after)
-        .map_err(|e| format!("--abort-uploads-after: {e}"))?
-        .filter(|_| !m.read_only);
-    Ok(Prepared {
-        abort_uploads_after,
-        spill,
-        bucket,
-        prefix,
-        cache_size,
-        shrink,
-        part_size,
-        umask,
-        write_back_max,
-    })
+    }
 }
 
 pub(super) fn mount(m: MountArgs) -> Result<(), String> {
@@ -197,14 +233,7 @@ fn redirect_stdio() {
 
 /// Mount and serve until unmounted; `ready` hears "OK" (and is closed) once the mount is live.
 fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
-    // before the key is loaded and any thread exists: every page from here on is locked
-    // (mlockall is not inherited across fork, so it is done here, in the daemon)
-    if m.no_mlockall {
-        tracing::info!("--no-mlockall: only the cache and the key are locked memory");
-    } else {
-        crate::harden::lock_all_memory().map_err(|e| e.to_string())?;
-        tracing::debug!("all of the daemon's memory is locked (mlockall)");
-    }
+    lock_memory(m)?;
     let ring = load_ring(&m.conn)?;
     let fingerprints: Vec<String> = ring.iter().map(|k| k.fingerprint().to_owned()).collect();
     let arena = Arena::new(prep.cache_size as usize, prep.shrink).map_err(|e| e.to_string())?;
@@ -215,36 +244,109 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let endpoint = m.conn.endpoint.clone().unwrap_or_else(|| "AWS".into());
-    let store = rt.block_on(async {
-        let store = connect(&m.conn, &prep.bucket, ring).await?;
-        preflight(&store, &format_prefix(&prep.prefix), &endpoint, m.force).await?;
-        if !m.read_only {
-            probe_sse_c_writes(
-                &store,
-                &format_prefix(&prep.prefix),
-                &prep.bucket,
-                &endpoint,
-            )
-            .await?;
-        }
-        Ok::<_, String>(store)
-    })?;
+    let store = rt.block_on(connect_checked(m, prep, ring, &endpoint))?;
     if let Some(age) = prep.abort_uploads_after {
-        // In the background: the mount need not wait for a listing of uploads.
-        let store = store.clone();
-        let prefix = format_prefix(&prep.prefix);
-        rt.spawn(async move {
-            let now = std::time::SystemTime::now();
-            match crate::s3::abort_stale_uploads(store.as_ref(), &prefix, age, now).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(aborted = n, "incomplete multipart uploads cleaned up"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not clean up incomplete multipart uploads")
-                }
-            }
-        });
+        spawn_stale_upload_cleanup(&rt, store.clone(), format_prefix(&prep.prefix), age);
     }
     let (uid, gid) = crate::sys::ids();
+    let cfg = fs_config(m, prep, &arena, (uid, gid))?;
+    let fs = Fs::new(cfg, store as Arc<dyn ObjectStore>, arena);
+
+    let config = fuse_config(m);
+    // the name `ssecfs sync` and `ssecfs status` find the control socket by
+    let canonical = std::fs::canonicalize(&m.mountpoint).unwrap_or_else(|_| m.mountpoint.clone());
+    let adapter = crate::fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let mut session = fuser::Session::new(adapter, &m.mountpoint, &config)
+        .map_err(|e| format!("cannot mount at {}: {e}", m.mountpoint.display()))?;
+    tracing::info!(source = %m.source, mountpoint = %m.mountpoint.display(), "mounted");
+    crate::fuse::raise_kernel_readahead(&m.mountpoint, crate::fuse::KERNEL_READAHEAD_KB);
+    {
+        let _rt = rt.enter();
+        crate::control::serve(
+            fs.clone(),
+            crate::control::MountInfo {
+                source: m.source.clone(),
+                endpoint: endpoint.clone(),
+                mountpoint: canonical,
+                fingerprints,
+                write_back: m.write_back,
+                started: std::time::SystemTime::now(),
+                owner: uid,
+            },
+        );
+    }
+    if let Some(mut pipe) = ready.take() {
+        let _ = writeln!(pipe, "OK");
+    }
+    let unmounter = session.unmount_callable();
+    spawn_signal_handler(&rt, unmounter, fs.clone(), m.mountpoint.clone());
+    let result = session
+        .run()
+        .map_err(|e| format!("FUSE session ended with an error: {e}"));
+    let failed = rt.block_on(fs.upload_all(crate::fs::UploadAll::Unmount));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    if failed > 0 {
+        return Err(format!("{failed} files could not be uploaded before exit"));
+    }
+    result
+}
+
+/// Lock every page of the daemon before the key is loaded and any thread exists (mlockall
+/// is not inherited across fork, so it is done here, in the daemon), unless `--no-mlockall`.
+fn lock_memory(m: &MountArgs) -> Result<(), String> {
+    if m.no_mlockall {
+        tracing::info!("--no-mlockall: only the cache and the key are locked memory");
+    } else {
+        crate::harden::lock_all_memory().map_err(|e| e.to_string())?;
+        tracing::debug!("all of the daemon's memory is locked (mlockall)");
+    }
+    Ok(())
+}
+
+/// Connect, and refuse a bucket the mount could not use: preflight, and for a writable
+/// mount, a probe that SSE-C writes are honoured.
+async fn connect_checked(
+    m: &MountArgs,
+    prep: &Prepared,
+    ring: KeyRing,
+    endpoint: &str,
+) -> Result<Arc<AwsStore>, String> {
+    let store = connect(&m.conn, &prep.bucket, ring).await?;
+    preflight(&store, &format_prefix(&prep.prefix), endpoint, m.force).await?;
+    if !m.read_only {
+        probe_sse_c_writes(&store, &format_prefix(&prep.prefix), &prep.bucket, endpoint).await?;
+    }
+    Ok(store)
+}
+
+/// `--abort-uploads-after`: abort stale multipart uploads in the background, so the mount
+/// need not wait for a listing of uploads.
+fn spawn_stale_upload_cleanup(
+    rt: &tokio::runtime::Runtime,
+    store: Arc<AwsStore>,
+    prefix: String,
+    age: Duration,
+) {
+    rt.spawn(async move {
+        let now = std::time::SystemTime::now();
+        match crate::s3::abort_stale_uploads(store.as_ref(), &prefix, age, now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(aborted = n, "incomplete multipart uploads cleaned up"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not clean up incomplete multipart uploads")
+            }
+        }
+    });
+}
+
+/// The filesystem's settings from the mount options; the read cache, readahead and
+/// write-back bounds follow the arena's size. Opens the spill tier, if asked for.
+fn fs_config(
+    m: &MountArgs,
+    prep: &Prepared,
+    arena: &Arena,
+    (uid, gid): (u32, u32),
+) -> Result<FsConfig, String> {
     let mut cfg = FsConfig::new(&prep.prefix, m.uid.unwrap_or(uid), m.gid.unwrap_or(gid));
     cfg.defaults.file_perm = (0o666 & !prep.umask) as u16;
     cfg.defaults.dir_perm = (0o777 & !prep.umask) as u16;
@@ -268,13 +370,17 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
         });
     }
     if let Some((dir, size)) = &prep.spill {
-        let spill = crate::cache::spill::Spill::create(dir, *size, &arena)
+        let spill = crate::cache::spill::Spill::create(dir, *size, arena)
             .map_err(|e| format!("--spill-dir: {e}"))?;
         tracing::info!(dir = %dir.display(), bytes = size, "sealed spill tier on");
         cfg.spill = Some(spill);
     }
-    let fs = Fs::new(cfg, store as Arc<dyn ObjectStore>, arena);
+    Ok(cfg)
+}
 
+/// The kernel side of the mount: its options (name, read-only, the `nosuid`-style flags
+/// passed through), FUSE worker threads, and who may enter it.
+fn fuse_config(m: &MountArgs) -> fuser::Config {
     let mut options = vec![
         fuser::MountOption::FSName(format!("ssecfs:{}", m.source)),
         fuser::MountOption::Subtype("ssecfs".into()),
@@ -306,37 +412,18 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
     } else {
         fuser::SessionACL::Owner
     };
-    // the name `ssecfs sync` and `ssecfs status` find the control socket by
-    let canonical = std::fs::canonicalize(&m.mountpoint).unwrap_or_else(|_| m.mountpoint.clone());
-    let adapter = crate::fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
-    let mut session = fuser::Session::new(adapter, &m.mountpoint, &config)
-        .map_err(|e| format!("cannot mount at {}: {e}", m.mountpoint.display()))?;
-    tracing::info!(source = %m.source, mountpoint = %m.mountpoint.display(), "mounted");
-    crate::fuse::raise_kernel_readahead(&m.mountpoint, crate::fuse::KERNEL_READAHEAD_KB);
-    {
-        let _rt = rt.enter();
-        crate::control::serve(
-            fs.clone(),
-            crate::control::MountInfo {
-                source: m.source.clone(),
-                endpoint: endpoint.clone(),
-                mountpoint: canonical,
-                fingerprints,
-                write_back: m.write_back,
-                started: std::time::SystemTime::now(),
-                owner: uid,
-            },
-        );
-    }
-    if let Some(mut pipe) = ready.take() {
-        let _ = writeln!(pipe, "OK");
-    }
-    // SIGTERM, SIGINT, SIGHUP (the terminal of a foreground mount went away), SIGQUIT:
-    // upload everything pending, then unmount (which ends the session). Their default
-    // action would end the daemon with written data still in memory.
-    let mut unmounter = session.unmount_callable();
-    let fs_sig = fs.clone();
-    let mountpoint = m.mountpoint.clone();
+    config
+}
+
+/// SIGTERM, SIGINT, SIGHUP (the terminal of a foreground mount went away), SIGQUIT:
+/// upload everything pending, then unmount (which ends the session). Their default
+/// action would end the daemon with written data still in memory.
+fn spawn_signal_handler(
+    rt: &tokio::runtime::Runtime,
+    mut unmounter: fuser::SessionUnmounter,
+    fs_sig: Arc<Fs>,
+    mountpoint: PathBuf,
+) {
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let kinds = [
@@ -351,7 +438,7 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
         let any = futures::future::select_all(signals.iter_mut().map(|s| Box::pin(s.recv())));
         let _ = any.await;
         tracing::info!("signal received: uploading pending writes, then unmounting");
-        let failed = fs_sig.flush_all(crate::fs::FlushAll::Unmount).await;
+        let failed = fs_sig.upload_all(crate::fs::UploadAll::Unmount).await;
         if failed > 0 {
             tracing::error!(failed, "files could not be uploaded");
         }
@@ -360,13 +447,4 @@ fn serve(m: &MountArgs, prep: &Prepared, ready: &mut Option<std::fs::File>) -> R
             let _ = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&mountpoint).status();
         }
     });
-    let result = session
-        .run()
-        .map_err(|e| format!("FUSE session ended with an error: {e}"));
-    let failed = rt.block_on(fs.flush_all(crate::fs::FlushAll::Unmount));
-    rt.shutdown_timeout(Duration::from_secs(5));
-    if failed > 0 {
-        return Err(format!("{failed} files could not be uploaded before exit"));
-    }
-    result
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::{
     CompletedPart, CopyRequest, ListPage, Metadata, ObjectInfo, ObjectStore, PartSource,
-    PendingUpload, Request, S3Error, S3Result, Sealing,
+    PendingUpload, ReadSource, Request, S3Error, S3Result,
 };
 
 /// How the chosen request fails.
@@ -159,19 +159,14 @@ impl ObjectStore for FailingStore {
 
     async fn get_ranges(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         bufs: &mut [&mut [u8]],
-        etag: Option<&str>,
-        sealing: Sealing,
     ) -> S3Result<usize> {
         match self.fate("get") {
             Fate::Partial(e) => {
                 // part of the body arrived before the reset
-                let n = self
-                    .inner
-                    .get_ranges(key, offset, bufs, etag, sealing)
-                    .await?;
+                let n = self.inner.get_ranges(src, offset, bufs).await?;
                 let keep = n / 2;
                 let mut pos = 0;
                 for b in bufs.iter_mut() {
@@ -183,11 +178,7 @@ impl ObjectStore for FailingStore {
                 }
                 Err(e)
             }
-            Fate::Pass => {
-                self.inner
-                    .get_ranges(key, offset, bufs, etag, sealing)
-                    .await
-            }
+            Fate::Pass => self.inner.get_ranges(src, offset, bufs).await,
             Fate::Fail(e) | Fate::ApplyThenFail(e) => Err(e),
             Fate::Panic => panic!("injected panic in get"),
         }

@@ -13,7 +13,8 @@ use bytes::Bytes;
 
 use super::{
     CompletedPart, CopyRequest, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore,
-    PartSource, PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    PartSource, PendingUpload, ReadSource, Request, S3Error, S3Result, Sealing,
+    KEY_FINGERPRINT_META,
 };
 
 #[derive(Clone)]
@@ -193,17 +194,15 @@ impl ObjectStore for MemStore {
 
     async fn get_ranges(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         bufs: &mut [&mut [u8]],
-        etag: Option<&str>,
-        sealing: Sealing,
     ) -> S3Result<usize> {
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "get");
-        let o = st.objects.get(key).ok_or(S3Error::NotFound)?;
-        self.check_key(o, sealing)?;
-        if etag.is_some_and(|e| e != o.etag) {
+        let o = st.objects.get(src.key).ok_or(S3Error::NotFound)?;
+        self.check_key(o, src.sealing)?;
+        if src.etag.is_some_and(|e| e != o.etag) {
             return Err(S3Error::PreconditionFailed);
         }
         let mut at = (offset as usize).min(o.data.len());

@@ -263,6 +263,27 @@ pub struct CopyRequest<'a> {
     pub src_sealing: Sealing,
 }
 
+/// Which object a ranged GET reads: `key`, opened with `sealing` (what [`ObjectStore::head`]
+/// found). With `etag`, only that version of it: the read fails with `PreconditionFailed`
+/// if the object changed, so the blocks of one cached version never mix with another's.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSource<'a> {
+    pub key: &'a str,
+    pub etag: Option<&'a str>,
+    pub sealing: Sealing,
+}
+
+impl<'a> ReadSource<'a> {
+    /// `key` as it is now, whatever its version.
+    pub fn latest(key: &'a str, sealing: Sealing) -> ReadSource<'a> {
+        ReadSource {
+            key,
+            etag: None,
+            sealing,
+        }
+    }
+}
+
 /// Where an UploadPartCopy takes its bytes: `range` of object `key`, opened with `sealing`.
 /// With `etag`, only from that version of the object: an edit of a big file copies its
 /// unchanged parts from the version it was based on, and when another client replaced the
@@ -293,31 +314,26 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// to recognise a plain object; `WrongKey` when nothing opens it.
     async fn head(&self, key: &str) -> S3Result<ObjectInfo>;
 
-    /// Ranged GET with the key, written into `bufs` one after another: a single request for
-    /// `offset .. offset + Σ len(bufs)`, so read-ahead fills several cache blocks with one GET
-    /// (the server spends less per byte on fewer, larger ranges). When `etag` is given the read
-    /// fails with `PreconditionFailed` if the object changed. Returns the bytes written in all
-    /// (short at end of object). `sealing` is what [`ObjectStore::head`] found.
+    /// Ranged GET of `src` with its key, written into `bufs` one after another: a single
+    /// request for `offset .. offset + Σ len(bufs)`, so read-ahead fills several cache blocks
+    /// with one GET (the server spends less per byte on fewer, larger ranges). When `src.etag`
+    /// is given the read fails with `PreconditionFailed` if the object changed. Returns the
+    /// bytes written in all (short at end of object).
     async fn get_ranges(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         bufs: &mut [&mut [u8]],
-        etag: Option<&str>,
-        sealing: Sealing,
     ) -> S3Result<usize>;
 
     /// [`ObjectStore::get_ranges`] into one buffer, whose length is the range length.
     async fn get_range(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         buf: &mut [u8],
-        etag: Option<&str>,
-        sealing: Sealing,
     ) -> S3Result<usize> {
-        self.get_ranges(key, offset, &mut [buf], etag, sealing)
-            .await
+        self.get_ranges(src, offset, &mut [buf]).await
     }
 
     /// PutObject with the key and metadata; returns the new ETag.

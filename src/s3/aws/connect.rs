@@ -116,6 +116,39 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for HttpsOnly {
 
 /// Build an S3 client from the standard AWS chain plus our connection options.
 pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, ConnectError> {
+    let endpoint = given_endpoint(conn)?;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(p) = &conn.profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = &conn.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    let shared = loader.load().await;
+    if endpoint.is_none() {
+        check_configured_endpoint(conn, &shared)?;
+    }
+    let mut b = s3_config(&shared, conn.path_style || endpoint.is_some());
+    if shared.region().is_none() {
+        b = b.region(aws_config::Region::new("us-east-1"));
+    }
+    if !conn.allow_http {
+        b = b.interceptor(HttpsOnly);
+    }
+    if let Some(ep) = endpoint {
+        b = b.endpoint_url(ep);
+    }
+    b = b.http_client(match &conn.ca_bundle {
+        Some(ca) => https_client_with_ca(ca)?,
+        None => http_client(None),
+    });
+    Ok(aws_sdk_s3::Client::from_conf(b.build()))
+}
+
+/// The endpoint given by `--endpoint` or the environment (`AWS_ENDPOINT_URL_S3`, then
+/// `AWS_ENDPOINT_URL`), refused before anything is loaded when it is plain http (without
+/// `--allow-http`) or no URL at all.
+fn given_endpoint(conn: &Connection) -> Result<Option<String>, ConnectError> {
     let endpoint = conn
         .endpoint
         .clone()
@@ -130,49 +163,54 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
             return Err(ConnectError::BadEndpoint(ep.clone()));
         }
     }
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(p) = &conn.profile {
-        loader = loader.profile_name(p);
+    Ok(endpoint)
+}
+
+/// The AWS config file can name an endpoint too (`endpoint_url` in the profile or in its
+/// `[services]` section): the same rule as for a given one, and the refusal says where it
+/// came from.
+fn check_configured_endpoint(
+    conn: &Connection,
+    shared: &aws_config::SdkConfig,
+) -> Result<(), ConnectError> {
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("S3")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .expect("all fields set");
+    let configured = shared
+        .service_config()
+        .and_then(|c| c.load_config(key))
+        .or_else(|| shared.endpoint_url().map(str::to_owned));
+    let Some(url) = configured else {
+        return Ok(());
+    };
+    let source = format!(
+        "the AWS config file ({}, profile {})",
+        std::env::var("AWS_CONFIG_FILE").unwrap_or_else(|_| "~/.aws/config".into()),
+        conn.profile
+            .clone()
+            .or_else(|| std::env::var("AWS_PROFILE").ok())
+            .unwrap_or_else(|| "default".into())
+    );
+    if url.starts_with("http://") && !conn.allow_http {
+        return Err(ConnectError::PlainHttpFrom {
+            url,
+            origin: source,
+        });
     }
-    if let Some(r) = &conn.region {
-        loader = loader.region(aws_config::Region::new(r.clone()));
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(ConnectError::BadEndpoint(url));
     }
-    let shared = loader.load().await;
-    if endpoint.is_none() {
-        // The AWS config file can name an endpoint too (`endpoint_url` in the profile or in
-        // its `[services]` section): the same rule, and the refusal says where it came from.
-        let key = aws_types::service_config::ServiceConfigKey::builder()
-            .service_id("S3")
-            .env("AWS_ENDPOINT_URL")
-            .profile("endpoint_url")
-            .build()
-            .expect("all fields set");
-        let configured = shared
-            .service_config()
-            .and_then(|c| c.load_config(key))
-            .or_else(|| shared.endpoint_url().map(str::to_owned));
-        if let Some(url) = configured {
-            let source = format!(
-                "the AWS config file ({}, profile {})",
-                std::env::var("AWS_CONFIG_FILE").unwrap_or_else(|_| "~/.aws/config".into()),
-                conn.profile
-                    .clone()
-                    .or_else(|| std::env::var("AWS_PROFILE").ok())
-                    .unwrap_or_else(|| "default".into())
-            );
-            if url.starts_with("http://") && !conn.allow_http {
-                return Err(ConnectError::PlainHttpFrom {
-                    url,
-                    origin: source,
-                });
-            }
-            if !url.starts_with("http://") && !url.starts_with("https://") {
-                return Err(ConnectError::BadEndpoint(url));
-            }
-        }
-    }
-    let mut b = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(conn.path_style || endpoint.is_some())
+    Ok(())
+}
+
+/// The S3 settings every store runs with: addressing, checksums only where required,
+/// retries that ride out an outage, and timeouts.
+fn s3_config(shared: &aws_config::SdkConfig, path_style: bool) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::from(shared)
+        .force_path_style(path_style)
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
         // Every request we make is idempotent (PUT/COPY/DELETE of a whole object or part, GET,
@@ -197,19 +235,5 @@ pub async fn build_client(conn: &Connection) -> Result<aws_sdk_s3::Client, Conne
                 .connect_timeout(Duration::from_secs(10))
                 .operation_attempt_timeout(Duration::from_secs(300))
                 .build(),
-        );
-    if shared.region().is_none() {
-        b = b.region(aws_config::Region::new("us-east-1"));
-    }
-    if !conn.allow_http {
-        b = b.interceptor(HttpsOnly);
-    }
-    if let Some(ep) = endpoint {
-        b = b.endpoint_url(ep);
-    }
-    b = b.http_client(match &conn.ca_bundle {
-        Some(ca) => https_client_with_ca(ca)?,
-        None => http_client(None),
-    });
-    Ok(aws_sdk_s3::Client::from_conf(b.build()))
+        )
 }

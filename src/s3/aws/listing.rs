@@ -4,11 +4,38 @@
 
 use std::time::SystemTime;
 
-use aws_sdk_s3::types::EncodingType;
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
+use aws_sdk_s3::types::{CommonPrefix, EncodingType, Object};
 
 use super::error::{malformed, map_err};
 use super::{to_system_time, AwsStore};
 use crate::s3::{ListPage, ListedObject, PendingUpload, Request, S3Result};
+
+/// A listing is believed only if it is one: every key under the prefix and with a size, a
+/// continuation token when truncated (a garbled page must not hide, invent or shrink files),
+/// and whole. The SDK's parser accepts a page cut short (one ending after a few entries, with
+/// a Content-Length to match): such a page would hide the files after the cut, and a cached
+/// listing then answers ENOENT for them. KeyCount (Garage sends it before the entries, AWS
+/// after) must count the entries; a server without it must at least have sent IsTruncated and
+/// Name (AWS sends Name after the entries).
+fn check_whole(out: &ListObjectsV2Output, req: impl Fn() -> Request) -> S3Result<()> {
+    let answered = out.contents().len() + out.common_prefixes().len();
+    let whole = match out.key_count() {
+        Some(n) => usize::try_from(n) == Ok(answered),
+        None => out.name().is_some(),
+    };
+    if !whole || out.is_truncated().is_none() {
+        return Err(malformed(
+            req(),
+            format!(
+                "a page cut short: KeyCount {:?} for {answered} entries, IsTruncated {:?}",
+                out.key_count(),
+                out.is_truncated()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// How many undecodable names [`AwsStore::decoded`] remembers having logged.
 const WARNED_MAX: usize = 1024;
@@ -66,33 +93,38 @@ impl AwsStore {
         // (decoded only when the answer says it is encoded, as botocore does: a server that
         // ignores the parameter sends names as they are)
         let encoded = out.encoding_type() == Some(&EncodingType::Url);
-        // A listing is believed only if it is one: every key under the prefix and with a
-        // size, a continuation token when truncated (a garbled page must not hide, invent or
-        // shrink files), and whole. The SDK's parser accepts a page cut short (one ending after
-        // a few entries, with a Content-Length to match): such a page
-        // would hide the files after the cut, and a cached listing then answers ENOENT for
-        // them. KeyCount (Garage sends it before the entries, AWS after) must count the
-        // entries; a server without it must at least have sent IsTruncated and Name (AWS
-        // sends Name after the entries).
-        let answered = out.contents().len() + out.common_prefixes().len();
-        let whole = match out.key_count() {
-            Some(n) => usize::try_from(n) == Ok(answered),
-            None => out.name().is_some(),
+        check_whole(&out, req)?;
+        let objects = self.listed_objects(out.contents(), OP, encoded, prefix, req)?;
+        let prefixes = self.listed_prefixes(out.common_prefixes(), OP, encoded, prefix, req)?;
+        // (continuation tokens are opaque, never URL-encoded)
+        let next = match (out.is_truncated(), out.next_continuation_token()) {
+            (Some(true), Some(t)) => Some(t.to_owned()),
+            (Some(true), None) => {
+                return Err(malformed(req(), "truncated without a continuation token"))
+            }
+            _ => None,
         };
-        if !whole || out.is_truncated().is_none() {
-            return Err(malformed(
-                req(),
-                format!(
-                    "a page cut short: KeyCount {:?} for {answered} entries, IsTruncated {:?}",
-                    out.key_count(),
-                    out.is_truncated()
-                ),
-            ));
-        }
-        let mut objects = Vec::with_capacity(out.contents().len());
-        for o in out.contents() {
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next,
+        })
+    }
+
+    /// A page's objects, each under the prefix and with a size: a garbled entry must not
+    /// hide, invent or shrink a file. Names that do not decode are skipped.
+    fn listed_objects(
+        &self,
+        contents: &[Object],
+        op: &'static str,
+        encoded: bool,
+        prefix: &str,
+        req: impl Fn() -> Request,
+    ) -> S3Result<Vec<ListedObject>> {
+        let mut objects = Vec::with_capacity(contents.len());
+        for o in contents {
             let key = match o.key() {
-                Some(raw) => match self.decoded(OP, encoded, raw) {
+                Some(raw) => match self.decoded(op, encoded, raw) {
                     Some(key) => Some(key),
                     None => continue,
                 },
@@ -115,10 +147,23 @@ impl AwsStore {
                 }
             }
         }
-        let mut prefixes = Vec::with_capacity(out.common_prefixes().len());
-        for p in out.common_prefixes() {
+        Ok(objects)
+    }
+
+    /// A page's common prefixes (its subdirectories), each under the prefix. Names that do
+    /// not decode are skipped.
+    fn listed_prefixes(
+        &self,
+        common: &[CommonPrefix],
+        op: &'static str,
+        encoded: bool,
+        prefix: &str,
+        req: impl Fn() -> Request,
+    ) -> S3Result<Vec<String>> {
+        let mut prefixes = Vec::with_capacity(common.len());
+        for p in common {
             let p = match p.prefix() {
-                Some(raw) => match self.decoded(OP, encoded, raw) {
+                Some(raw) => match self.decoded(op, encoded, raw) {
                     Some(p) => Some(p),
                     None => continue,
                 },
@@ -129,19 +174,7 @@ impl AwsStore {
                 other => return Err(malformed(req(), format!("a common prefix {other:?}"))),
             }
         }
-        // (continuation tokens are opaque, never URL-encoded)
-        let next = match (out.is_truncated(), out.next_continuation_token()) {
-            (Some(true), Some(t)) => Some(t.to_owned()),
-            (Some(true), None) => {
-                return Err(malformed(req(), "truncated without a continuation token"))
-            }
-            _ => None,
-        };
-        Ok(ListPage {
-            objects,
-            prefixes,
-            next,
-        })
+        Ok(prefixes)
     }
 
     /// Every page of ListMultipartUploads under `prefix`.

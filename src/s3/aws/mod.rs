@@ -33,7 +33,8 @@ pub use self::connect::{build_client, ConnectError, Connection, IDLE_CONNECTION,
 use self::error::{malformed, map_err, sdk_error};
 use super::{
     crc32c_base64, CompletedPart, CopyRequest, ListPage, Metadata, ObjectInfo, ObjectStore,
-    PartSource, PendingUpload, Request, S3Error, S3Result, Sealing, KEY_FINGERPRINT_META,
+    PartSource, PendingUpload, ReadSource, Request, S3Error, S3Result, Sealing,
+    KEY_FINGERPRINT_META,
 };
 use crate::key::{CustomerKey, KeyRing};
 
@@ -218,33 +219,21 @@ impl AwsStore {
         })
     }
 
-    /// One GET of `Σ len(bufs)` bytes at `offset`, filling `bufs` in order. The outer `Err` is
-    /// a body failure to retry; the inner result is final.
+    /// One GET of `Σ len(bufs)` bytes of `src` at `offset`, filling `bufs` in order. The
+    /// outer `Err` is a body failure to retry; the inner result is final.
     async fn get_range_once(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         bufs: &mut [&mut [u8]],
-        etag: Option<&str>,
-        sealing: Sealing,
     ) -> Result<S3Result<usize>, BodyFailure> {
+        let key = src.key;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", offset, offset + total as u64 - 1));
-        if let Some(etag) = etag {
-            req = req.if_match(etag);
-        }
-        let opener = match self.key_of(sealing) {
+        let opener = match self.key_of(src.sealing) {
             Ok(k) => k,
             Err(e) => return Ok(Err(e)),
         };
-        if let Some(k) = opener {
-            req = with_key!(req, k);
-        }
+        let req = self.ranged_get(src, offset, total, opener);
         let out = match req.send().await {
             Ok(out) => out,
             Err(e) => {
@@ -268,59 +257,9 @@ impl AwsStore {
                 return Err(BodyFailure(e));
             }
         }
-        // How many bytes the answer must carry: the range it says it holds. Without a
-        // Content-Range only a full buffer, or a whole object from offset 0, is believable.
-        let expected = match out.content_range().map(parse_content_range) {
-            Some(Some((first, last))) if first == offset && last >= first => {
-                let n = last - first + 1;
-                if n > total as u64 {
-                    return Err(BodyFailure(malformed(
-                        Request::object("GetObject", key),
-                        format!("GET answered {n} bytes for a range of {total}"),
-                    )));
-                }
-                Some(n as usize)
-            }
-            Some(_) => {
-                return Err(BodyFailure(malformed(
-                    Request::object("GetObject", key),
-                    format!(
-                        "GET at {offset} answered Content-Range {:?}",
-                        out.content_range()
-                    ),
-                )))
-            }
-            None => None,
-        };
+        let expected = expected_len(key, offset, total, out.content_range())?;
         let length = out.content_length();
-        let mut body = out.body;
-        let mut filled = 0;
-        // Where the next byte goes: buffer `slot`, at `at` within it.
-        let (mut slot, mut at) = (0, 0);
-        loop {
-            let chunk = match body.try_next().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(BodyFailure(S3Error::Transport(format!(
-                        "reading response body: {e}"
-                    ))))
-                }
-            };
-            let mut rest = &chunk[..];
-            while !rest.is_empty() && slot < bufs.len() {
-                let n = rest.len().min(bufs[slot].len() - at);
-                bufs[slot][at..at + n].copy_from_slice(&rest[..n]);
-                rest = &rest[n..];
-                filled += n;
-                at += n;
-                if at == bufs[slot].len() {
-                    slot += 1;
-                    at = 0;
-                }
-            }
-            // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
-        }
+        let filled = fill_bufs(out.body, bufs).await?;
         let believable = match expected {
             Some(n) => filled == n,
             None => filled == total || (offset == 0 && length == Some(filled as i64)),
@@ -336,6 +275,92 @@ impl AwsStore {
         }
         Ok(Ok(filled))
     }
+
+    /// The GetObject request of `total` bytes of `src` at `offset`: only from version
+    /// `src.etag` when given, with the key trio of `opener` unless the object is plain.
+    fn ranged_get(
+        &self,
+        src: &ReadSource<'_>,
+        offset: u64,
+        total: usize,
+        opener: Option<&CustomerKey>,
+    ) -> aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(src.key)
+            .range(format!("bytes={}-{}", offset, offset + total as u64 - 1));
+        if let Some(etag) = src.etag {
+            req = req.if_match(etag);
+        }
+        if let Some(k) = opener {
+            req = with_key!(req, k);
+        }
+        req
+    }
+}
+
+/// How many bytes a GET of `total` at `offset` must carry: the range its Content-Range says
+/// it holds. Without a Content-Range (`None`) only a full buffer, or a whole object from
+/// offset 0, is believable; a range elsewhere, or longer than asked, is a garbled answer.
+fn expected_len(
+    key: &str,
+    offset: u64,
+    total: usize,
+    content_range: Option<&str>,
+) -> Result<Option<usize>, BodyFailure> {
+    match content_range.map(parse_content_range) {
+        Some(Some((first, last))) if first == offset && last >= first => {
+            let n = last - first + 1;
+            if n > total as u64 {
+                return Err(BodyFailure(malformed(
+                    Request::object("GetObject", key),
+                    format!("GET answered {n} bytes for a range of {total}"),
+                )));
+            }
+            Ok(Some(n as usize))
+        }
+        Some(_) => Err(BodyFailure(malformed(
+            Request::object("GetObject", key),
+            format!("GET at {offset} answered Content-Range {content_range:?}"),
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Copy a response body into `bufs`, one after another, dropping each chunk (the HTTP
+/// stack's copy of the plaintext) right after it is copied; bytes beyond `bufs` are
+/// dropped too. Returns how many bytes were written; a body that breaks is a failure to retry.
+async fn fill_bufs(mut body: ByteStream, bufs: &mut [&mut [u8]]) -> Result<usize, BodyFailure> {
+    let mut filled = 0;
+    // Where the next byte goes: buffer `slot`, at `at` within it.
+    let (mut slot, mut at) = (0, 0);
+    loop {
+        let chunk = match body.try_next().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(BodyFailure(S3Error::Transport(format!(
+                    "reading response body: {e}"
+                ))))
+            }
+        };
+        let mut rest = &chunk[..];
+        while !rest.is_empty() && slot < bufs.len() {
+            let n = rest.len().min(bufs[slot].len() - at);
+            bufs[slot][at..at + n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            filled += n;
+            at += n;
+            if at == bufs[slot].len() {
+                slot += 1;
+                at = 0;
+            }
+        }
+        // `chunk` (the HTTP stack's copy) is dropped here, right after the copy.
+    }
+    Ok(filled)
 }
 
 #[async_trait]
@@ -419,11 +444,9 @@ impl ObjectStore for AwsStore {
 
     async fn get_ranges(
         &self,
-        key: &str,
+        src: &ReadSource<'_>,
         offset: u64,
         bufs: &mut [&mut [u8]],
-        etag: Option<&str>,
-        sealing: Sealing,
     ) -> S3Result<usize> {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
@@ -432,9 +455,9 @@ impl ObjectStore for AwsStore {
         // short after that is ours to retry (the range is idempotent).
         let mut attempt = 1;
         loop {
-            match self.get_range_once(key, offset, bufs, etag, sealing).await {
+            match self.get_range_once(src, offset, bufs).await {
                 Err(BodyFailure(e)) if attempt < BODY_ATTEMPTS => {
-                    tracing::warn!(object = key, offset, attempt, error = %e, "ranged GET failed mid-body; retrying");
+                    tracing::warn!(object = src.key, offset, attempt, error = %e, "ranged GET failed mid-body; retrying");
                     backoff(attempt).await;
                     attempt += 1;
                 }

@@ -114,7 +114,7 @@ async fn reads_are_believed_only_with_the_sse_c_echo() {
     let mut buf = [0u8; 10];
     let (s, asked) = store_answering_always(|| ranged_answer(b"0123456789", 0, 10));
     let e = s
-        .get_range("a", 0, &mut buf, None, Sealing::PRIMARY)
+        .get_range(&ReadSource::latest("a", Sealing::PRIMARY), 0, &mut buf)
         .await
         .unwrap_err();
     assert!(
@@ -136,7 +136,7 @@ async fn reads_are_believed_only_with_the_sse_c_echo() {
     let (s, _) =
         store_answering_always(move || echoing(ranged_answer(b"0123456789", 0, 10), &other));
     assert!(s
-        .get_range("a", 0, &mut buf, None, Sealing::PRIMARY)
+        .get_range(&ReadSource::latest("a", Sealing::PRIMARY), 0, &mut buf)
         .await
         .is_err());
     // the echo on a later attempt: believed
@@ -151,7 +151,7 @@ async fn reads_are_believed_only_with_the_sse_c_echo() {
         }
     });
     assert_eq!(
-        s.get_range("a", 0, &mut buf, None, Sealing::PRIMARY)
+        s.get_range(&ReadSource::latest("a", Sealing::PRIMARY), 0, &mut buf)
             .await
             .unwrap(),
         10
@@ -208,7 +208,7 @@ async fn every_data_operation_carries_the_key() {
     let answer = echoing(ranged_answer(b"0123456789", 5, 100), &k);
     let (s, rx) = store_answering(KeyRing::single(key()), Some(answer));
     assert_eq!(
-        s.get_range("a", 5, &mut buf, None, Sealing::PRIMARY)
+        s.get_range(&ReadSource::latest("a", Sealing::PRIMARY), 5, &mut buf)
             .await
             .unwrap(),
         10
@@ -342,7 +342,9 @@ async fn writes_name_their_key_and_old_keys_open_copy_sources() {
 
     let (s, rx) = store_answering(ring(), Some(echoing(ranged_answer(b"abcd", 0, 100), &old)));
     let mut buf = [0u8; 4];
-    let _ = s.get_range("a", 0, &mut buf, None, Sealing::Key(1)).await;
+    let _ = s
+        .get_range(&ReadSource::latest("a", Sealing::Key(1)), 0, &mut buf)
+        .await;
     assert_eq!(
         rx.expect_request().headers().get(KEY),
         Some(old_b64.as_str())
@@ -350,7 +352,9 @@ async fn writes_name_their_key_and_old_keys_open_copy_sources() {
 
     // a plain object is read and copied without key headers on its side
     let (s, rx) = store_answering(ring(), Some(ranged_answer(b"abcd", 0, 100)));
-    let _ = s.get_range("a", 0, &mut buf, None, Sealing::Plain).await;
+    let _ = s
+        .get_range(&ReadSource::latest("a", Sealing::Plain), 0, &mut buf)
+        .await;
     assert!(rx.expect_request().headers().get(KEY).is_none());
     let (s, rx) = ring_store(ring());
     let _ = s

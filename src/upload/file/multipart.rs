@@ -219,6 +219,29 @@ impl FileContent {
         ctx: &WriteContext,
         target: &Target,
     ) -> FsResult<(String, String, Metadata)> {
+        self.ready_upload(ctx, target).await?;
+        let s = self.streaming.as_ref().expect("set above");
+        let (key, upload_id, meta) = (s.key.clone(), s.upload_id.clone(), s.meta.clone());
+        let plans = self.plan_all(ctx).await?;
+        let results = self.send_parts(ctx, &key, &upload_id, plans).await;
+        let parts = self.keep_uploaded(results)?;
+        self.streaming.as_mut().expect("set above").completing = true;
+        match ctx.store.complete_multipart(&key, &upload_id, parts).await {
+            Ok(etag) => Ok((key, etag, meta)),
+            Err(e) => {
+                if matches!(&e, S3Error::Other { code, .. } if code == "NoSuchUpload") {
+                    // The upload is gone and not as ours completed: what it held exists no
+                    // more. Parts still in memory can go into a new one; streamed ones cannot.
+                    self.upload_vanished();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Before planning: the streamed parts settled (a failed one gives its chunk back, to be
+    /// planned again), room for one sealed part to be opened, and an upload to add parts to.
+    async fn ready_upload(&mut self, ctx: &WriteContext, target: &Target) -> FsResult<()> {
         if let Some(s) = &mut self.streaming {
             if let Some(why) = s.settle(&mut self.chunks, 0).await {
                 self.poisoned = Some(why.clone());
@@ -232,9 +255,13 @@ impl FileContent {
         if self.streaming.is_none() {
             self.streaming = Some(Streaming::begin(ctx, target).await?);
         }
-        let s = self.streaming.as_ref().expect("set above");
-        let (key, upload_id, meta) = (s.key.clone(), s.upload_id.clone(), s.meta.clone());
-        let done = s.done.clone();
+        Ok(())
+    }
+
+    /// Every part of the file planned against what the upload already holds, with the data
+    /// each needs in hand (see [`FileContent::prepare`]).
+    async fn plan_all(&mut self, ctx: &WriteContext) -> FsResult<Vec<Plan>> {
+        let done = self.streaming.as_ref().expect("set above").done.clone();
         let done_set: BTreeSet<u64> = done.keys().copied().collect();
         let held = self.held();
         let planned = plan_parts(&self.plan_state(&done_set, &held));
@@ -242,85 +269,97 @@ impl FileContent {
         for (idx, plan) in (0..).zip(planned) {
             plans.push(self.prepare(ctx, idx, plan, &done).await?);
         }
-        let base = self.base.clone();
-        let sealed = &self.sealed;
-        let results: Vec<Result<CompletedPart, FsError>> =
-            futures::stream::iter(plans.into_iter().enumerate().map(|(i, plan)| {
-                let (key, upload_id, base) = (key.clone(), upload_id.clone(), base.clone());
-                async move {
-                    let number = i as i32 + 1;
-                    if let Plan::Done(p) = plan {
-                        return Ok(p);
-                    }
-                    let _slot = ctx.upload_slots.acquire().await;
-                    let body = match plan {
-                        Plan::Done(_) => unreachable!("returned above"),
-                        Plan::Upload(buf) => body_of(&buf),
-                        Plan::Zeros(len) => zero_body(len),
-                        Plan::Sealed(idx, len) => {
-                            body_of(&Arc::new(open_sealed(&sealed[&idx], ctx, len).await?))
-                        }
-                        Plan::Copy(s, e) => {
-                            let base = base.expect("copy plan implies a base");
-                            let part = ctx
-                                .store
-                                .upload_part_copy(
-                                    &key,
-                                    &upload_id,
-                                    number,
-                                    &PartSource {
-                                        key: &base.key,
-                                        range: s..e,
-                                        sealing: base.sealing,
-                                        etag: Some(&base.etag),
-                                    },
-                                )
-                                .await?;
-                            return Ok(part);
-                        }
-                    };
-                    let part = ctx
-                        .store
-                        .upload_part(&key, &upload_id, number, body)
-                        .await?;
-                    debug_assert_eq!(part.number, number);
-                    Ok(part)
-                }
-            }))
-            .buffered(ctx.config.part_concurrency.max(1))
-            .collect()
-            .await;
-        // Parts that made it are kept: a retry after a later failure uploads only the rest.
+        Ok(plans)
+    }
+
+    /// Carry out the plans, `part_concurrency` at a time and in part order; one result per
+    /// part, so that the parts that made it can be kept whatever else failed.
+    async fn send_parts(
+        &self,
+        ctx: &WriteContext,
+        key: &str,
+        upload_id: &str,
+        plans: Vec<Plan>,
+    ) -> Vec<FsResult<CompletedPart>> {
+        futures::stream::iter(
+            (1..)
+                .zip(plans)
+                .map(|(number, plan)| self.send_part(ctx, key, upload_id, number, plan)),
+        )
+        .buffered(ctx.config.part_concurrency.max(1))
+        .collect()
+        .await
+    }
+
+    /// Part `number` as planned: already done, uploaded, or copied from the base. Its upload
+    /// slot is taken before its body is made (a sealed part is opened only then), so no more
+    /// than `part_concurrency` bodies exist at once.
+    async fn send_part(
+        &self,
+        ctx: &WriteContext,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        plan: Plan,
+    ) -> FsResult<CompletedPart> {
+        if let Plan::Done(p) = plan {
+            return Ok(p);
+        }
+        let _slot = ctx.upload_slots.acquire().await;
+        let body = match plan {
+            Plan::Done(_) => unreachable!("returned above"),
+            Plan::Upload(buf) => body_of(&buf),
+            Plan::Zeros(len) => zero_body(len),
+            Plan::Sealed(idx, len) => {
+                body_of(&Arc::new(open_sealed(&self.sealed[&idx], ctx, len).await?))
+            }
+            Plan::Copy(s, e) => {
+                let base = self.base.as_ref().expect("copy plan implies a base");
+                let part = ctx
+                    .store
+                    .upload_part_copy(
+                        key,
+                        upload_id,
+                        number,
+                        &PartSource {
+                            key: &base.key,
+                            range: s..e,
+                            sealing: base.sealing,
+                            etag: Some(&base.etag),
+                        },
+                    )
+                    .await?;
+                return Ok(part);
+            }
+        };
+        let part = ctx.store.upload_part(key, upload_id, number, body).await?;
+        debug_assert_eq!(part.number, number);
+        Ok(part)
+    }
+
+    /// The parts that made it are kept: a retry after a later failure uploads only the rest.
+    /// All of them, in order, when every part made it; else the first failure.
+    fn keep_uploaded(
+        &mut self,
+        results: Vec<FsResult<CompletedPart>>,
+    ) -> FsResult<Vec<CompletedPart>> {
         let mut parts = Vec::with_capacity(results.len());
         let mut first_err = None;
-        {
-            let s = self.streaming.as_mut().expect("set above");
-            for (i, r) in results.into_iter().enumerate() {
-                match r {
-                    Ok(p) => {
-                        s.done.insert(i as u64, p.clone());
-                        parts.push(p);
-                    }
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
+        let s = self.streaming.as_mut().expect("set above");
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(p) => {
+                    s.done.insert(i as u64, p.clone());
+                    parts.push(p);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
             }
         }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        self.streaming.as_mut().expect("set above").completing = true;
-        match ctx.store.complete_multipart(&key, &upload_id, parts).await {
-            Ok(etag) => Ok((key, etag, meta)),
-            Err(e) => {
-                if matches!(&e, S3Error::Other { code, .. } if code == "NoSuchUpload") {
-                    // The upload is gone and not as ours completed: what it held exists no
-                    // more. Parts still in memory can go into a new one; streamed ones cannot.
-                    self.upload_vanished();
-                }
-                Err(e.into())
-            }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(parts),
         }
     }
 
