@@ -54,12 +54,13 @@ impl Kind {
         })
     }
 
-    /// A FIFO, socket or device node.
-    pub fn is_special(self) -> bool {
-        matches!(
-            self,
-            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice
-        )
+    /// The link count of a node of this kind: 2 for a directory (its entry and its `.`).
+    pub fn links(self) -> u32 {
+        if self == Kind::Dir {
+            2
+        } else {
+            1
+        }
     }
 }
 
@@ -117,7 +118,7 @@ impl Attr {
             ctime: now,
             atime: now,
             rdev: 0,
-            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            nlink: kind.links(),
         }
     }
 
@@ -176,7 +177,7 @@ impl Attr {
             ctime,
             atime,
             rdev,
-            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            nlink: kind.links(),
         }
     }
 

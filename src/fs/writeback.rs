@@ -305,18 +305,14 @@ fn record_upload(
         n.attr.size = obj.size;
         if let Some(m) = kept {
             // what the server holds is what we report
-            n.attr.mtime = m
-                .get("mtime")
-                .and_then(|v| attr::parse_epoch(v))
-                .unwrap_or(n.attr.mtime);
-            n.attr.ctime = m
-                .get("ctime")
-                .and_then(|v| attr::parse_epoch(v))
-                .unwrap_or(n.attr.ctime);
-            n.attr.atime = m
-                .get("atime")
-                .and_then(|v| attr::parse_epoch(v))
-                .unwrap_or(n.attr.atime);
+            let stored = |k: &str, t: &mut std::time::SystemTime| {
+                if let Some(v) = m.get(k).and_then(|v| attr::parse_epoch(v)) {
+                    *t = v;
+                }
+            };
+            stored(attr::META_MTIME, &mut n.attr.mtime);
+            stored(attr::META_CTIME, &mut n.attr.ctime);
+            stored(attr::META_ATIME, &mut n.attr.atime);
         }
         (
             n.parent,
