@@ -110,7 +110,7 @@ async fn answer(
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
                         let p = fs.pending();
                         // a client that went away does not stop the sync
-                        let _ = write.write_all(format!("pending {} {}\n", p.files + p.attributes, p.bytes).as_bytes()).await;
+                        let _ = write.write_all(format!("pending {} {}\n", p.files + p.attributes + p.renames, p.bytes).as_bytes()).await;
                     }
                 }
             }
@@ -181,6 +181,7 @@ fn status(fs: &Fs, info: &MountInfo) -> String {
         format!("{} files, {} in memory", p.files, mib(p.bytes)),
     );
     line("pending attribute changes", p.attributes.to_string());
+    line("pending renames", p.renames.to_string());
     line("failed uploads", p.failed.to_string());
     for (path, e) in fs.failures() {
         line("failed", format!("{path}: {e}"));

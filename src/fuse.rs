@@ -459,12 +459,13 @@ impl fuser::Filesystem for FuseAdapter {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let r = self.run("fsyncdir", ino.0, self.fs.fsyncdir());
+        reply_or!(reply, r, |reply: ReplyEmpty, ()| reply.ok());
     }
 
     // Extended attributes are not stored (S3 metadata is plaintext at the provider): answer

@@ -55,6 +55,7 @@
 pub mod attr;
 mod handles;
 pub mod inode;
+mod moves;
 mod namespace;
 mod persist;
 mod rename;
@@ -76,6 +77,7 @@ use crate::upload::{FileContent, UploadConfig};
 use attr::{Attr, Defaults, Kind};
 use handles::Handles;
 use inode::{Node, ROOT};
+use moves::Moves;
 use namespace::Namespace;
 use persist::Persister;
 use writeback::{Files, WriteBackQueue};
@@ -244,34 +246,42 @@ pub struct Fs {
     files: Files,
     wb: WriteBackQueue,
     meta: Persister,
+    /// Renames of stored files, applied in the background; also the store all parts use.
+    moves: Arc<Moves>,
     me: Weak<Fs>,
 }
 
 impl Fs {
     /// A filesystem over `store`, with plaintext buffers from `arena`.
     pub fn new(cfg: FsConfig, store: Arc<dyn ObjectStore>, arena: Arena) -> Arc<Fs> {
-        let cache = Arc::new(
-            BlockCache::new(store.clone(), arena.clone(), cfg.read_cache)
-                .with_spill(cfg.spill.clone()),
-        );
-        Arc::new_cyclic(|me| Fs {
-            wctx: Arc::new(WriteContext {
-                store: store.clone(),
-                arena,
-                cache,
-                config: cfg.upload,
-                upload_slots: Arc::new(Semaphore::new(cfg.upload.part_concurrency.max(1) * 2)),
-                spill: cfg.spill.clone(),
-            }),
-            names: Namespace::new(&cfg, store.clone()),
-            store,
-            namespace: tokio::sync::RwLock::new(()),
-            handles: Handles::new(),
-            files: Files::default(),
-            wb: WriteBackQueue::new(cfg.write_back),
-            meta: Persister::default(),
-            me: me.clone(),
-            cfg,
+        Arc::new_cyclic(|me| {
+            // every part talks to the store through the rename queue (see `moves.rs`)
+            let moves = Moves::new(store, cfg.upload.part_size, me.clone());
+            let store: Arc<dyn ObjectStore> = moves.clone();
+            let cache = Arc::new(
+                BlockCache::new(store.clone(), arena.clone(), cfg.read_cache)
+                    .with_spill(cfg.spill.clone()),
+            );
+            Fs {
+                wctx: Arc::new(WriteContext {
+                    store: store.clone(),
+                    arena,
+                    cache,
+                    config: cfg.upload,
+                    upload_slots: Arc::new(Semaphore::new(cfg.upload.part_concurrency.max(1) * 2)),
+                    spill: cfg.spill.clone(),
+                }),
+                names: Namespace::new(&cfg, store.clone()),
+                store,
+                moves,
+                namespace: tokio::sync::RwLock::new(()),
+                handles: Handles::new(),
+                files: Files::default(),
+                wb: WriteBackQueue::new(cfg.write_back),
+                meta: Persister::default(),
+                me: me.clone(),
+                cfg,
+            }
         })
     }
 
@@ -483,7 +493,21 @@ impl Fs {
             tracing::warn!(ino, error = %e, "reporting an earlier failed upload");
         }
         self.persist_metadata(ino).await?;
-        self.upload_ino(ino).await
+        self.upload_ino(ino).await?;
+        // the file's rename too (POSIX asks it of the directory; users of fsync expect it)
+        self.moves.settle(&self.names.file_key(ino)?).await?;
+        Ok(())
+    }
+
+    /// `fsyncdir()`: the renames of this mount are stored (all of them: a rename touches two
+    /// directories, and storing the others costs nothing the next sync would not).
+    pub async fn fsyncdir(&self) -> FsResult<()> {
+        match self.moves.settle_all().await {
+            0 => Ok(()),
+            n => Err(FsError::Lost(format!(
+                "{n} rename(s) could not be stored; the files are on the server under their old names"
+            ))),
+        }
     }
 
     /// Last close of a handle: upload anything left and free the file's memory. Its failure
@@ -734,6 +758,8 @@ impl SetAttr {
 
 mod pending;
 pub use pending::{Pending, UploadAll};
+#[cfg(test)]
+mod moves_tests;
 mod nodes;
 #[cfg(test)]
 mod posix_tests;

@@ -25,11 +25,13 @@ pub struct Pending {
     pub attributes: usize,
     /// Files whose last upload failed, waiting for a retry.
     pub failed: usize,
+    /// Renames answered but not stored on the server yet (see `fs/moves.rs`).
+    pub renames: usize,
 }
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.files == 0 && self.attributes == 0
+        self.files == 0 && self.attributes == 0 && self.renames == 0
     }
 }
 
@@ -51,6 +53,7 @@ impl Fs {
         }
         p.attributes = self.meta.count();
         p.failed = self.wb.failure_count();
+        p.renames = self.moves.pending();
         p
     }
 
@@ -72,6 +75,7 @@ impl Fs {
     pub async fn upload_all(&self, why: UploadAll) -> usize {
         // A delayed store that took its inode out of the attribute persister's set before this looked must
         // finish too (before and after: it may take the inode while this goes through them).
+        let failed_moves = self.moves.settle_all().await;
         self.meta.stores_settled().await;
         let metas = self.meta.pending_inos();
         let mut failed_meta = 0;
@@ -115,7 +119,9 @@ impl Fs {
         .buffer_unordered(16)
         .collect::<Vec<bool>>()
         .await;
-        failed_meta + results.into_iter().filter(|&failed| failed).count()
+        // (an attribute store or an upload may have waited for a move: none is left unless
+        // it failed)
+        failed_moves + failed_meta + results.into_iter().filter(|&failed| failed).count()
     }
 }
 

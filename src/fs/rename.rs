@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::attr::{Attr, Kind};
+use super::moves::{delete_old_name, Move};
 use super::writeback::HeldFile;
 use super::{Fs, PLAIN_REFUSED};
 use crate::cache::blocks::ObjectRef;
@@ -70,6 +71,10 @@ impl Fs {
         self.check_sealed(ino, &self.names.node(ino)?, true)?;
         let src_key = self.names.file_key(ino)?;
         let dst_key = self.names.child_key(new_parent, new_name)?;
+        // an earlier rename from or to either name is stored first: moves of one key keep
+        // their order
+        self.moves.settle(&src_key).await?;
+        self.moves.settle(&dst_key).await?;
         let mut held = self.hold_uploaded(ino).await?;
         let node = self.names.node(ino)?;
         // a rename changes the file's ctime (as Linux filesystems do); the copy stores it
@@ -78,35 +83,31 @@ impl Fs {
             ..node.attr.clone()
         };
         if node.remote {
-            let etag = crate::s3::copy_any_size(
-                self.store.as_ref(),
-                &crate::s3::CopyRequest {
-                    src: &src_key,
-                    dst: &dst_key,
-                    meta: Some(&renamed.to_metadata()),
-                    src_sealing: node.sealing,
-                },
-                node.attr.size,
-                self.cfg.upload.part_size,
-            )
-            .await?;
-            // the copy carried the current attributes, pending ones included
+            // Stored in the background (see `moves.rs`): the copy carries the current
+            // attributes, pending ones included, and the file is read from its old object
+            // until it exists.
+            self.moves
+                .queue(Move {
+                    ino,
+                    src: src_key.clone(),
+                    dst: dst_key.clone(),
+                    size: node.attr.size,
+                    etag: node.etag.clone(),
+                    last_modified: node.attr.mtime,
+                    sealing: node.sealing,
+                    meta: renamed.to_metadata(),
+                })
+                .await;
             self.meta.settle(ino);
-            self.delete_renamed(&src_key).await;
             self.wctx.cache.invalidate(&src_key);
             self.wctx.cache.invalidate(&dst_key);
-            // The file's base object moved with it.
-            let copy = ObjectRef {
+            let base = ObjectRef {
                 key: dst_key.clone(),
-                etag: etag.clone(),
+                etag: node.etag.clone(),
                 size: node.attr.size,
-                sealing: Sealing::PRIMARY,
+                sealing: node.sealing,
             };
-            self.rebase_clean(held.as_deref_mut(), copy);
-            self.names.update(ino, |n| {
-                n.etag = etag;
-                n.sealing = Sealing::PRIMARY;
-            });
+            self.rebase_clean(held.as_deref_mut(), base);
         }
         self.names.update(ino, |n| n.attr.ctime = renamed.ctime);
         drop(held);
@@ -114,6 +115,18 @@ impl Fs {
             self.discard_replaced(d, &dst_key).await?;
         }
         Ok(())
+    }
+
+    /// A background rename of `mv.ino` is stored: the inode's object is the copy now (unless
+    /// the file changed since, which a later upload waited for the move to do).
+    pub(super) fn move_stored(&self, mv: &Move, etag: &str) {
+        self.names.update(mv.ino, |n| {
+            if n.etag == mv.etag {
+                n.etag = etag.to_owned();
+                n.sealing = Sealing::PRIMARY;
+            }
+        });
+        self.wctx.cache.invalidate(&mv.dst);
     }
 
     /// `ino`'s state, held, once a file being written whose object exists (or whose upload
@@ -146,21 +159,6 @@ impl Fs {
         Ok(())
     }
 
-    /// Delete a renamed object's old name once its copy exists. The copy *is* the rename:
-    /// from then on the mount serves the new name, so a delete that fails (twice) is
-    /// logged, not returned. Failing the rename would leave the mount naming an object it
-    /// may have deleted already (an answer lost), and the worst a failed delete leaves is a
-    /// second copy under the old name, never a lost file.
-    pub(super) async fn delete_renamed(&self, key: &str) {
-        let mut result = self.store.delete(key).await;
-        if result.is_err() {
-            result = self.store.delete(key).await;
-        }
-        if let Err(e) = result {
-            tracing::error!(object = key, error = %e, "renamed, but the old name could not be deleted: a copy of the file stays under it");
-        }
-    }
-
     /// Rename directory `ino` and everything below it; `dst` is the (empty) directory it
     /// replaces.
     pub(super) async fn rename_dir(
@@ -184,7 +182,7 @@ impl Fs {
         // Copy all, then delete all.
         let copies = self.copy_all(&objects, &src, &dst_prefix).await?;
         for o in &objects {
-            self.delete_renamed(&o.key).await;
+            delete_old_name(self.store.as_ref(), &o.key).await;
             self.wctx.cache.invalidate(&o.key);
         }
         for f in &mut held {

@@ -415,7 +415,74 @@ fn workloads() -> Vec<Workload> {
                 })
             },
         },
+        Workload {
+            name: "background renames: a chain, one over a file, then an append to the new name",
+            write_back: false,
+            setup: |mem| {
+                put_raw(mem, "a", pattern(12, 0, 3000));
+                put_raw(mem, "x", pattern(13, 0, 2000));
+                put_raw(mem, "y", pattern(14, 0, 1000));
+            },
+            run: |fs, exp| Box::pin(background_renames(fs, exp)),
+        },
+        Workload {
+            name: "files renamed into a directory, then the directory renamed",
+            write_back: false,
+            setup: |mem| {
+                put_raw(mem, "dd/", Vec::new());
+                put_raw(mem, "t1", pattern(15, 0, 1500));
+                put_raw(mem, "t2", pattern(16, 0, 70_000));
+            },
+            run: |fs, exp| {
+                Box::pin(async move {
+                    for (id, name, len) in [(15, "t1", 1500), (16, "t2", 70_000)] {
+                        let v = pattern(id, 0, len);
+                        let names = vec![name.into(), format!("dd/{name}"), format!("ee/{name}")];
+                        exp.push(Expect::new(names, Some(v.clone()), v, true));
+                    }
+                    for name in ["t1", "t2"] {
+                        let _ = retried(fs, move |fs| {
+                            Box::pin(async move {
+                                let (dd, _) = fs.lookup(ROOT, "dd").await?;
+                                fs.rename(ROOT, name, dd, name, false).await
+                            })
+                        })
+                        .await;
+                    }
+                    rename(fs, "dd", "ee").await;
+                })
+            },
+        },
     ]
+}
+
+/// a → b → c, x over y, then an append to c: every move is in the background, and the
+/// append must land after the moves of its file.
+async fn background_renames(fs: &Arc<Fs>, exp: &mut Vec<Expect>) {
+    let a = pattern(12, 0, 3000);
+    let more = pattern(12, 1, 500);
+    let mut appended = a.clone();
+    appended.extend_from_slice(&more);
+    let names = vec!["a".into(), "b".into(), "c".into()];
+    exp.push(Expect::new(names, Some(a.clone()), appended, false));
+    let x = pattern(13, 0, 2000);
+    let mut over = Expect::new(vec!["x".into(), "y".into()], Some(x.clone()), x, true);
+    // y holds its own content until the rename over it is stored
+    over.between = Some(pattern(14, 0, 1000));
+    exp.push(over);
+    rename(fs, "a", "b").await;
+    rename(fs, "b", "c").await;
+    rename(fs, "x", "y").await;
+    let Some((ino, fh)) = open_existing(fs, "c").await else {
+        exp[0].gave_up = true;
+        return;
+    };
+    if write_all(fs, ino, a.len() as u64, &more, 1 << 20).await {
+        exp[0].durable = close(fs, ino, fh).await;
+    } else {
+        exp[0].gave_up = true;
+        close(fs, ino, fh).await;
+    }
 }
 
 async fn rsync_pattern(fs: &Arc<Fs>, exp: &mut Vec<Expect>) {
@@ -563,3 +630,5 @@ sweep_test!(sweep_truncate_down_and_up, 5);
 sweep_test!(sweep_append, 6);
 sweep_test!(sweep_directory_rename, 7);
 sweep_test!(sweep_unmount_with_pending_work, 8);
+sweep_test!(sweep_background_renames, 9);
+sweep_test!(sweep_renames_into_a_renamed_directory, 10);

@@ -99,6 +99,8 @@ async fn rsync_pattern_costs_three_requests_per_file() {
     .await
     .unwrap();
     fs.rename(dir, ".f.XXXX", dir, "f", false).await.unwrap();
+    // (the rename's copy and delete run in the background: see moves_tests)
+    fs.fsyncdir().await.unwrap();
     let after = mem.counts();
     let spent: u64 = after
         .iter()
@@ -467,6 +469,7 @@ async fn concurrent_renames_onto_one_name_leave_table_and_server_agreeing() {
         let t = via_fs[0];
         assert!(via_fs.iter().all(|&b| b == t), "round {round}: a mix");
         assert_eq!(via_fs.len(), 1000 + usize::from(t) * 100, "round {round}");
+        fs.fsyncdir().await.unwrap();
         let info = mem.head("target").await.unwrap();
         assert_eq!(
             info.size, attr.size,
