@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use super::spill::{block_aad, Spill};
 use crate::arena::{Arena, LockedBuf};
 use crate::error::{FsError, FsResult};
-use crate::s3::{ObjectStore, ReadSource, S3Error, Sealing};
+use crate::s3::{ObjectInfo, ObjectStore, ReadSource, S3Error, S3Result, Sealing};
 
 /// Block size for sequential reads and read-ahead.
 pub const LARGE_BLOCK: u64 = 1 << 20;
@@ -90,6 +90,41 @@ impl BlockCache {
             }),
             spill: None,
         }
+    }
+
+    /// How many small objects a directory read may fetch ahead: half the cache, counted in
+    /// blocks of [`SMALL_BLOCK`] (what each of them takes).
+    pub fn small_object_room(&self) -> usize {
+        usize::try_from(self.budget / SMALL_BLOCK / 2).unwrap_or(usize::MAX)
+    }
+
+    /// Fetch all of the small object `key` (`size` bytes, at most [`SMALL_BLOCK`], as a
+    /// listing says) with its attributes in one GET, and cache it as its one block of
+    /// [`SMALL_BLOCK`] so the read that follows finds it. `None` when that cannot be done
+    /// now (no locked memory free at once, another size, another key): ask HEAD instead.
+    pub async fn fetch_whole(&self, key: &str, size: u64) -> Option<S3Result<ObjectInfo>> {
+        if size == 0 || size > SMALL_BLOCK {
+            return None;
+        }
+        let mut buf = self.arena.try_alloc(size as usize)?.ok()?;
+        let info = match self.store.get_whole(key, &mut buf).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        if !info.etag.is_empty() {
+            let id = BlockId {
+                key: key.to_owned(),
+                etag: info.etag.clone(),
+                block_size: SMALL_BLOCK,
+                index: 0,
+            };
+            let (cell, victims) = self.cell(&id);
+            self.spill_victims(victims);
+            // (a reader that got there first fetched the same version)
+            let _ = cell.set(Arc::new(buf));
+        }
+        Some(Ok(info))
     }
 
     /// Seal evicted blocks into `spill` and look there on a miss.

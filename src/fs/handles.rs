@@ -172,7 +172,12 @@ impl Fs {
     /// sequential reader.
     fn block_for(&self, obj: &ObjectRef, fh: u64, offset: u64, size: u32) -> u64 {
         let max = self.cfg.max_readahead;
-        match self.handles.note_read(fh, offset, size, max) {
+        let pattern = self.handles.note_read(fh, offset, size, max);
+        if obj.size <= SMALL_BLOCK {
+            // one small block holds it all (and a directory read may have fetched it)
+            return SMALL_BLOCK;
+        }
+        match pattern {
             Some(p) if p.sequential => {
                 let from = (offset + u64::from(size)) / LARGE_BLOCK + 1;
                 let to = (offset + p.window).div_ceil(LARGE_BLOCK) + 1;

@@ -263,6 +263,7 @@ impl Fs {
                     .with_spill(cfg.spill.clone()),
             );
             Fs {
+                names: Namespace::new(&cfg, store.clone(), cache.clone()),
                 wctx: Arc::new(WriteContext {
                     store: store.clone(),
                     arena,
@@ -271,7 +272,6 @@ impl Fs {
                     upload_slots: Arc::new(Semaphore::new(cfg.upload.part_concurrency.max(1) * 2)),
                     spill: cfg.spill.clone(),
                 }),
-                names: Namespace::new(&cfg, store.clone()),
                 store,
                 moves,
                 namespace: tokio::sync::RwLock::new(()),
@@ -763,6 +763,8 @@ mod moves_tests;
 mod nodes;
 #[cfg(test)]
 mod posix_tests;
+#[cfg(test)]
+mod read_tests;
 #[cfg(test)]
 mod sweep_tests;
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! the server answers; it never holds a lock across a request to the server.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,29 +15,118 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::attr::{Attr, Defaults, Kind};
 use super::inode::{self, Entry, Listing, Node, Table};
 use super::{valid_listed_name, DirEntry, FsConfig, PLAIN_REFUSED};
+use crate::cache::blocks::{BlockCache, SMALL_BLOCK};
 use crate::error::{FsError, FsResult};
 use crate::s3::{ListPage, ObjectInfo, ObjectStore, S3Error, S3Result, Sealing};
 use crate::upload::file::Target;
 
-type HeadCell = Arc<OnceCell<S3Result<ObjectInfo>>>;
+/// One object's attributes, asked once however many lookups want them.
+struct Head {
+    info: OnceCell<S3Result<ObjectInfo>>,
+    /// The size of a small file a listing saw: fetch it whole, body and attributes in one
+    /// GET (0: HEAD). Whoever asks first does it that way, the prefetch or a lookup.
+    whole: u64,
+}
+
+type HeadCell = Arc<Head>;
+
+impl Head {
+    fn new(whole: u64) -> HeadCell {
+        Arc::new(Head {
+            info: OnceCell::new(),
+            whole,
+        })
+    }
+
+    async fn get(
+        &self,
+        store: &dyn ObjectStore,
+        cache: &BlockCache,
+        key: &str,
+    ) -> S3Result<ObjectInfo> {
+        let fetch = || async {
+            if self.whole > 0 {
+                if let Some(got) = cache.fetch_whole(key, self.whole).await {
+                    return got;
+                }
+            }
+            store.head(key).await
+        };
+        self.info.get_or_init(fetch).await.clone()
+    }
+}
+
+/// How many HEADs of a listing are in flight at once: enough to cover the round trip. By
+/// Little's law a server answering R requests a second over a path of latency L needs R×L
+/// of them in flight, so the limit follows the fastest HEAD seen (the path's round trip plus
+/// the server's least work): 32 per 2 ms of it, from 32 on loopback to 512 at 60 ms. It never
+/// shrinks: a slow answer under load is the server's queue, not the path.
+pub(super) struct PrefetchSlots {
+    sem: Arc<Semaphore>,
+    granted: AtomicUsize,
+    fastest_us: AtomicU64,
+}
+
+impl PrefetchSlots {
+    const BASE: usize = 32;
+    const MAX: usize = 512;
+
+    fn new() -> PrefetchSlots {
+        PrefetchSlots {
+            sem: Arc::new(Semaphore::new(Self::BASE)),
+            granted: AtomicUsize::new(Self::BASE),
+            fastest_us: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The limit for a fastest HEAD of `fastest_us`.
+    fn limit(fastest_us: u64) -> usize {
+        let per_2ms = usize::try_from(fastest_us / 2000).unwrap_or(usize::MAX);
+        Self::BASE
+            .saturating_mul(per_2ms.saturating_add(1))
+            .min(Self::MAX)
+    }
+
+    /// A HEAD took `took`: raise the limit if the path is slower than thought.
+    fn took(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let fastest = self.fastest_us.fetch_min(us, Ordering::Relaxed).min(us);
+        let want = Self::limit(fastest);
+        let had = self.granted.load(Ordering::Relaxed);
+        if want > had
+            && self
+                .granted
+                .compare_exchange(had, want, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.sem.add_permits(want - had);
+        }
+    }
+}
 
 /// The inode table with its listings, and the HEAD cache. Locks (see the lock order in
 /// `fs/mod.rs`): `table` is taken after the namespace lock and a file state, and before the
 /// files map and the attribute persister's set; `heads` and `warned` are leaves.
 pub(super) struct Namespace {
     store: Arc<dyn ObjectStore>,
+    /// Where a directory read puts the small files it fetches whole.
+    cache: Arc<BlockCache>,
     prefix: String,
     defaults: Defaults,
     attr_ttl: Duration,
     dir_ttl: Duration,
     table: Mutex<Table>,
     heads: Mutex<HashMap<String, (Instant, HeadCell)>>,
-    prefetch_slots: Arc<Semaphore>,
+    prefetch_slots: Arc<PrefetchSlots>,
     warned: Mutex<HashSet<String>>,
 }
 
 impl Namespace {
-    pub(super) fn new(cfg: &FsConfig, store: Arc<dyn ObjectStore>) -> Namespace {
+    pub(super) fn new(
+        cfg: &FsConfig,
+        store: Arc<dyn ObjectStore>,
+        cache: Arc<BlockCache>,
+    ) -> Namespace {
         let mut root = Attr::new(
             Kind::Dir,
             cfg.defaults.dir_perm,
@@ -46,13 +136,14 @@ impl Namespace {
         root.mtime = SystemTime::now();
         Namespace {
             store,
+            cache,
             prefix: cfg.prefix.clone(),
             defaults: cfg.defaults,
             attr_ttl: cfg.attr_ttl,
             dir_ttl: cfg.dir_ttl,
             table: Mutex::new(Table::new(root)),
             heads: Mutex::default(),
-            prefetch_slots: Arc::new(Semaphore::new(32)),
+            prefetch_slots: Arc::new(PrefetchSlots::new()),
             warned: Mutex::default(),
         }
     }
@@ -141,22 +232,19 @@ impl Namespace {
             // (a cell holding a transient error is no answer: a prefetch left it there, and
             // the object must not stay unreadable after the network healed)
             let stale_error =
-                |cell: &HeadCell| matches!(cell.get(), Some(Err(e)) if e.is_transient());
+                |cell: &HeadCell| matches!(cell.info.get(), Some(Err(e)) if e.is_transient());
             match heads.get(key) {
                 Some((at, cell)) if at.elapsed() < self.attr_ttl && !stale_error(cell) => {
                     cell.clone()
                 }
                 _ => {
-                    let cell: HeadCell = Arc::default();
+                    let cell = Head::new(0);
                     heads.insert(key.to_owned(), (Instant::now(), cell.clone()));
                     cell
                 }
             }
         };
-        let r = cell
-            .get_or_init(|| async { self.store.head(key).await })
-            .await
-            .clone();
+        let r = cell.get(self.store.as_ref(), &self.cache, key).await;
         if matches!(&r, Err(e) if e.is_transient()) {
             self.heads.lock().unwrap().remove(key);
         }
@@ -171,12 +259,16 @@ impl Namespace {
         self.heads.lock().unwrap().clear();
     }
 
-    /// Warm the HEAD cache for listed files, many at once, in the background.
-    fn prefetch_heads(&self, keys: Vec<String>) {
+    /// Start the HEADs of a listing's files in the background, so the lookups that follow
+    /// find them ready. A small file (as many as half the cache holds) is fetched whole
+    /// instead, attributes and body in one GET, so `cp -r` and `tar c` of small files find
+    /// their data cached too.
+    fn prefetch_heads(&self, files: Vec<(String, u64)>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        for key in keys {
+        let mut room = self.cache.small_object_room();
+        for (key, size) in files {
             if self
                 .heads
                 .lock()
@@ -186,16 +278,21 @@ impl Namespace {
             {
                 continue;
             }
-            let cell: HeadCell = Arc::default();
+            let whole = size > 0 && size <= SMALL_BLOCK && room > 0;
+            room -= usize::from(whole);
+            let cell = Head::new(if whole { size } else { 0 });
             self.heads
                 .lock()
                 .unwrap()
                 .insert(key.clone(), (Instant::now(), cell.clone()));
             let store = self.store.clone();
+            let cache = self.cache.clone();
             let slots = self.prefetch_slots.clone();
             rt.spawn(async move {
-                let _slot = slots.acquire_owned().await;
-                let _ = cell.get_or_init(|| async { store.head(&key).await }).await;
+                let _slot = slots.sem.clone().acquire_owned().await;
+                let started = Instant::now();
+                let _ = cell.get(store.as_ref(), &cache, &key).await;
+                slots.took(started.elapsed());
             });
         }
     }
@@ -430,7 +527,7 @@ impl Namespace {
         prefix: &str,
         page: ListPage,
         entries: &mut BTreeMap<String, Entry>,
-        files: &mut Vec<String>,
+        files: &mut Vec<(String, u64)>,
     ) {
         for o in page.objects {
             // (the store checks that listed keys are under the prefix; never slice blindly)
@@ -444,7 +541,7 @@ impl Namespace {
                 self.warn_once(&o.key, "object name is not a valid path component; skipped");
                 continue;
             }
-            files.push(o.key.clone());
+            files.push((o.key.clone(), o.size));
             entries.insert(
                 name.to_owned(),
                 Entry {
@@ -602,5 +699,32 @@ impl Namespace {
         let prefix = self.dir_prefix(ino)?;
         let page = self.store.list(&prefix, None, None, Some(2)).await?;
         Ok(page.objects.iter().all(|o| o.key == prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loopback keeps 32 in flight; a 20 ms path gets enough to cover its round trip.
+    #[test]
+    fn prefetch_slots_grow_with_the_round_trip_and_never_shrink() {
+        assert_eq!(PrefetchSlots::limit(300), 32);
+        assert_eq!(PrefetchSlots::limit(20_000), 352);
+        assert_eq!(PrefetchSlots::limit(60_000), 512);
+        let slots = PrefetchSlots::new();
+        slots.took(Duration::from_micros(400));
+        assert_eq!(slots.sem.available_permits(), 32);
+        slots.took(Duration::from_millis(21));
+        assert_eq!(
+            slots.sem.available_permits(),
+            32,
+            "the fastest seen decides"
+        );
+        let slow = PrefetchSlots::new();
+        slow.took(Duration::from_millis(21));
+        assert_eq!(slow.sem.available_permits(), 352);
+        slow.took(Duration::from_millis(80));
+        assert_eq!(slow.sem.available_permits(), 352);
     }
 }

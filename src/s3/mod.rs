@@ -336,6 +336,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         self.get_ranges(src, offset, &mut [buf]).await
     }
 
+    /// A whole small object of `buf.len()` bytes (its size in a listing) with its attributes,
+    /// opened by the primary key: one GetObject where HEAD then GET cost two round trips.
+    /// `Ok(None)` when it is not that size any more or the primary key does not open it (the
+    /// caller asks HEAD then, which tries the ring). Default: HEAD, then GET.
+    async fn get_whole(&self, key: &str, buf: &mut [u8]) -> S3Result<Option<ObjectInfo>> {
+        head_then_get(self, key, buf).await
+    }
+
     /// PutObject with the key and metadata; returns the new ETag.
     /// Sent with a CRC32C of the body, which the server checks before storing anything.
     async fn put(&self, key: &str, body: Bytes, meta: &Metadata) -> S3Result<String>;
@@ -403,6 +411,26 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// ListMultipartUploads under `prefix`, every page (no key needed).
     async fn list_multipart(&self, prefix: &str) -> S3Result<Vec<PendingUpload>>;
+}
+
+/// [`ObjectStore::get_whole`] in two requests: a store that cannot do it in one, or that
+/// must answer for an object it redirects.
+pub async fn head_then_get<S: ObjectStore + ?Sized>(
+    store: &S,
+    key: &str,
+    buf: &mut [u8],
+) -> S3Result<Option<ObjectInfo>> {
+    let info = store.head(key).await?;
+    if info.size != buf.len() as u64 {
+        return Ok(None);
+    }
+    let src = ReadSource {
+        key,
+        etag: Some(&info.etag),
+        sealing: info.sealing,
+    };
+    let n = store.get_range(&src, 0, buf).await?;
+    Ok((n == buf.len()).then_some(info))
 }
 
 /// Abort the multipart uploads under `prefix` started at least `age` before `now`: what a

@@ -58,6 +58,9 @@ macro_rules! with_source_key {
     };
 }
 
+// (after the macros, which it uses)
+mod whole;
+
 /// S3 through aws-sdk-s3, bound to one bucket and one key ring (the first key seals writes).
 pub struct AwsStore {
     client: aws_sdk_s3::Client,
@@ -332,6 +335,16 @@ fn expected_len(
 /// Copy a response body into `bufs`, one after another, dropping each chunk (the HTTP
 /// stack's copy of the plaintext) right after it is copied; bytes beyond `bufs` are
 /// dropped too. Returns how many bytes were written; a body that breaks is a failure to retry.
+/// An answer's `x-amz-meta-*` headers, names lowercased (servers differ in case).
+fn object_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Metadata {
+    m.map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.to_lowercase(), v.clone()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 async fn fill_bufs(mut body: ByteStream, bufs: &mut [&mut [u8]]) -> Result<usize, BodyFailure> {
     let mut filled = 0;
     // Where the next byte goes: buffer `slot`, at `at` within it.
@@ -430,16 +443,13 @@ impl ObjectStore for AwsStore {
             size: size as u64,
             etag: out.e_tag().unwrap_or("").to_owned(),
             last_modified: to_system_time(out.last_modified()),
-            metadata: out
-                .metadata()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.to_lowercase(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            metadata: object_metadata(out.metadata()),
             sealing,
         })
+    }
+
+    async fn get_whole(&self, key: &str, buf: &mut [u8]) -> S3Result<Option<ObjectInfo>> {
+        self.whole(key, buf).await
     }
 
     async fn get_ranges(
