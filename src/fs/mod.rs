@@ -20,6 +20,8 @@
 //! - `persist.rs`: the attribute persister (folded into an upload, a copy onto itself, or a
 //!   directory marker).
 //! - `rename.rs`: the rename engine.
+//! - `moves.rs`: renames of stored files, applied in the background; also the store every
+//!   other part talks to, so a pending one is invisible.
 //! - `nodes.rs`: symlinks and special files (FIFOs, sockets, devices), objects made whole in
 //!   one request.
 //! - `pending.rs`: what is not on the server yet, and storing all of it (`upload_all`).
@@ -44,13 +46,15 @@
 //! 4. `Files::map` (which files have an in-memory state).
 //! 5. `Persister::pending` (closed files whose attributes are not stored yet).
 //!
-//! Leaves, under which nothing else is taken: `Namespace::heads`, `Namespace::warned`,
-//! `Handles::table`, `WriteBackQueue::scheduled`, `WriteBackQueue::failed`,
-//! `Persister::in_flight`. The `std::sync::Mutex`es (3 to 5 and the leaves) are never held
+//! Leaves, under which nothing else is taken: `Moves::table`, `Namespace::heads`,
+//! `Namespace::warned`, `Handles::table`, `WriteBackQueue::scheduled`,
+//! `WriteBackQueue::failed`, `Persister::in_flight`. The `std::sync::Mutex`es (3 to 5 and the leaves) are never held
 //! across an `.await`, nor while calling into the block cache or the store. The one step
 //! against the order, `Files::remove_if_clean` trying a file state while holding the map,
 //! uses `try_lock` and never waits. The write-back and prefetch semaphores are acquired
-//! holding nothing.
+//! holding nothing. Waiting for a background rename (`Moves::settle`, which every request
+//! changing its keys does) is allowed holding anything above: the move's task takes only
+//! `Moves::table` and, to record the copy, `Namespace::table`, each for a moment.
 
 pub mod attr;
 mod handles;
