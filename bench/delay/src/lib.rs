@@ -13,7 +13,8 @@
 //! which would add ~1 ms per direction.
 //!
 //! With a rate, a chunk also waits for the bytes before it to be sent at that rate
-//! (serialization delay): a direction never goes faster than the rate.
+//! (serialization delay): a direction of the link, all connections together (they share it,
+//! as a real link's), never goes faster than the rate.
 //!
 //! With `handshake`, a connection's first client bytes wait one more RTT after the accept:
 //! the proxy accepts at once (the kernel completes the handshake locally), so without it a new
@@ -22,7 +23,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +50,7 @@ pub struct Config {
     pub rate_bps: Option<u64>,
     /// The client's first bytes on a connection wait one more RTT (a TCP handshake).
     pub handshake: bool,
-    /// Most bytes queued per direction of a connection.
+    /// Most bytes queued per direction of a connection (less with a rate: see `queue_bound`).
     pub buffer: usize,
 }
 
@@ -118,6 +119,10 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 
 /// Accept connections on `listener` forever, relaying each to `to` through the delayed link.
 pub async fn serve(listener: TcpListener, to: SocketAddr, cfg: Config) -> io::Result<()> {
+    // the two directions of the link, shared by every connection
+    let now = Instant::now();
+    let up: Wire = Arc::new(Mutex::new(now));
+    let down: Wire = Arc::new(Mutex::new(now));
     loop {
         let client = match listener.accept().await {
             Ok((c, _)) => c,
@@ -128,8 +133,9 @@ pub async fn serve(listener: TcpListener, to: SocketAddr, cfg: Config) -> io::Re
                 continue;
             }
         };
+        let (up, down) = (Arc::clone(&up), Arc::clone(&down));
         tokio::spawn(async move {
-            if let Err(e) = relay(client, to, cfg).await {
+            if let Err(e) = relay(client, to, cfg, up, down).await {
                 // resets are a client's or server's business; only a refused upstream is news
                 if e.kind() == io::ErrorKind::ConnectionRefused {
                     eprintln!("ssecfs-delay-proxy: connect {to}: {e}");
@@ -140,7 +146,13 @@ pub async fn serve(listener: TcpListener, to: SocketAddr, cfg: Config) -> io::Re
 }
 
 /// Relay one accepted connection to `to` until both directions have ended.
-pub async fn relay(client: TcpStream, to: SocketAddr, cfg: Config) -> io::Result<()> {
+async fn relay(
+    client: TcpStream,
+    to: SocketAddr,
+    cfg: Config,
+    up: Wire,
+    down: Wire,
+) -> io::Result<()> {
     let accepted = Instant::now();
     client.set_nodelay(true)?;
     let upstream = TcpStream::connect(to).await?;
@@ -152,7 +164,10 @@ pub async fn relay(client: TcpStream, to: SocketAddr, cfg: Config) -> io::Result
     } else {
         None
     };
-    tokio::try_join!(pipe(cr, uw, cfg, not_before), pipe(ur, cw, cfg, None))?;
+    tokio::try_join!(
+        pipe(cr, uw, cfg, up, not_before),
+        pipe(ur, cw, cfg, down, None)
+    )?;
     Ok(())
 }
 
@@ -167,12 +182,28 @@ enum Msg {
     },
 }
 
-/// When each chunk of one direction leaves the far end of the link.
+/// Most bytes queued per direction of a connection. With a rate, what the link carries in
+/// RTT + 10 ms (at least 1 MiB): enough for one connection to fill the link, while a burst
+/// of many connections cannot queue seconds of data in front of a small request (the proxy
+/// drops nothing, so its queue is all that holds senders back).
+fn queue_bound(cfg: &Config) -> usize {
+    let mut b = cfg.buffer;
+    if let Some(bps) = cfg.rate_bps {
+        let bdp = bps as f64 / 8.0 * (cfg.rtt.as_secs_f64() + 0.010);
+        b = b.min((bdp as usize).max(1 << 20));
+    }
+    b.max(READ_CHUNK + CHUNK_OVERHEAD)
+}
+
+/// One direction of the link, for the rate cap: when the bytes queued so far (by every
+/// connection) will have been sent.
+type Wire = Arc<Mutex<Instant>>;
+
+/// When each chunk of one direction of a connection leaves the far end of the link.
 struct Link {
     half: Duration,
     rate_bps: Option<u64>,
-    /// The rate cap: when the bytes queued so far will have been sent.
-    free_at: Instant,
+    wire: Wire,
     /// The handshake: nothing leaves before this (plus `half`).
     not_before: Option<Instant>,
 }
@@ -184,9 +215,10 @@ impl Link {
             sent = sent.max(t);
         }
         if let Some(bps) = self.rate_bps {
-            let start = sent.max(self.free_at);
+            let mut free_at = self.wire.lock().unwrap_or_else(|e| e.into_inner());
+            let start = sent.max(*free_at);
             sent = start + Duration::from_secs_f64(len as f64 * 8.0 / bps as f64);
-            self.free_at = sent;
+            *free_at = sent;
         }
         sent + self.half
     }
@@ -204,15 +236,16 @@ async fn pipe(
     mut r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
     cfg: Config,
+    wire: Wire,
     not_before: Option<Instant>,
 ) -> io::Result<()> {
     // the semaphore bounds the queue; the channel itself need not
-    let room = Arc::new(Semaphore::new(cfg.buffer.max(READ_CHUNK + CHUNK_OVERHEAD)));
+    let room = Arc::new(Semaphore::new(queue_bound(&cfg)));
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let mut link = Link {
         half: cfg.rtt / 2,
         rate_bps: cfg.rate_bps,
-        free_at: Instant::now(),
+        wire,
         not_before,
     };
     let reader = async move {
@@ -303,7 +336,7 @@ mod tests {
         let mut l = Link {
             half: Duration::from_millis(10),
             rate_bps: Some(8_000_000), // 1 MB/s: 1 ms per 1000 bytes
-            free_at: t0,
+            wire: Arc::new(Mutex::new(t0)),
             not_before: Some(t0 + Duration::from_millis(20)),
         };
         // the first chunk waits for the handshake, then for its own serialization

@@ -22,14 +22,16 @@ struct Args {
     /// Round-trip time added (half in each direction): 0, 20ms, 1.5ms, 500us, 0.06s
     #[arg(long, value_parser = parse_duration)]
     rtt: Duration,
-    /// Cap on each direction's throughput, bits per second: 1gbit, 100mbit, 500k
+    /// Cap on each direction of the link (all connections together), bits per second: 1gbit,
+    /// 100mbit, 500k
     #[arg(long, value_parser = parse_rate)]
     rate: Option<u64>,
     /// A connection's first client bytes wait one more RTT, as a TCP handshake over the link
     /// would make them (the proxy itself accepts at once)
     #[arg(long)]
     handshake: bool,
-    /// Most bytes queued per direction of a connection, in MiB
+    /// Most bytes queued per direction of a connection, in MiB (with --rate: at most what the
+    /// link carries in RTT + 10 ms, at least 1 MiB)
     #[arg(long, default_value_t = (DEFAULT_BUFFER >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     buffer_mib: u32,
 }
