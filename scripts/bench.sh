@@ -5,29 +5,56 @@
 #   scripts/bench.sh             full: 3 runs, 1 GiB file, 2,000 small files, 10,000-object
 #                                listing, 30 s fio; reports medians
 #   scripts/bench.sh --quick     1 run, 256 MiB, 500 files, 2,000 objects, 10 s fio (< 5 min)
+#   scripts/bench.sh --rtt 20ms  the same through a link with a 20 ms round-trip time; slower,
+#                                mostly in the per-file workloads (--quick --rtt 20ms: ~30 min
+#                                with every contender, 2/3 of it s3fs's rsyncs at ~58 round trips
+#                                per file; 2.5 min for raw and ssecfs alone)
 #
 # Options: --runs N           runs per contender (default 3, --quick 1)
-#          --only a,b,...     only these contenders (raw ssecfs ssecfs-wb s3fs s3fs-nomp
-#                             rclone-off rclone-writes)
+#          --only a,b,...     only these contenders (raw ssecfs ssecfs-wb ssecfs-spill s3fs
+#                             s3fs-nomp rclone-off rclone-writes)
+#          --rtt DURATION     latency profile: every contender talks to the server through
+#                             ssecfs-delay-proxy (bench/delay), which adds this round-trip
+#                             time (20ms, 1.5ms, 0.06s; default 0: no proxy, plain loopback)
+#          --rate RATE        with the proxy, also cap each direction at RATE bits/s (1gbit,
+#                             100mbit); alone, the proxy runs with RTT 0
+#          --files N          small files for rsync and cp (default 2,000, --quick 500): fewer
+#                             for a shorter run at a high RTT
 #          --no-docs          print the tables but do not write docs/BENCHMARKS.md and the PNG
 #          --no-build         use the binaries already in $CARGO_TARGET_DIR/release
 #          --no-netns         run in the host's namespaces: default TCP stack, the host's
 #                             /dev/shm (see "Namespaces" below)
 #
 # Writes docs/BENCHMARKS.md and docs/benchmarks.png (scripts/bench/report.py) and prints the
-# tables on stdout; progress goes to stderr.
+# tables on stdout; progress goes to stderr. A run with --rtt/--rate writes only its own
+# section of docs/BENCHMARKS.md (one per RTT and rate, replaced by the next run with the same
+# ones; the others stay) and its own chart, docs/benchmarks-rtt20ms.png.
 #
 # Workloads, each against the contender's own bucket:
 #   1 write   dd a pre-generated random file to MNT (bs=1M); timed until a keyed HEAD on the
 #             server shows the full size (and an unkeyed HEAD is refused: SSE-C really used)
 #   2 read    cold (fresh mount) dd of that file to /dev/null; spot-checked against the source
-#   3 randrd  fio 4 KiB psync random reads on it (fresh mount) -> IOPS
+#   3 randrd  fio 4 KiB psync random reads on it (fresh mount) -> IOPS; ssecfs-spill first
+#             reads the whole file once (untimed), so that what the locked cache cannot hold
+#             is in its spill tier
 #   4 rsync   rsync -a of a tree of small files (1-16 KiB, 20 dirs) into MNT; timed until the
 #             server's listing holds every file with its size; then the no-op second rsync
 #   5 ls      ls -l of a directory of many objects created directly (fresh mount)
 #   6 cp      cp -r of the small-file tree out of MNT into /dev/shm (fresh mount), diffed
 # The raw contender does the same transfers with aws-sdk-s3 (multipart 8 MiB x 8, ranged GETs
 # 8 MiB x 8, 4 KiB ranged GETs, one PutObject/GetObject per small file, ListObjectsV2).
+# ssecfs-spill is ssecfs with --spill-dir in the scratch dir (tmpfs: the tier holds only
+# ciphertext) and --spill-size twice the file.
+#
+# Latency (--rtt): ONE ssecfs-delay-proxy in front of Garage's S3 port, inside the namespace;
+# every contender's endpoint is the proxy, and the TLS front-end (rclone's) forwards to it
+# too, so all take the same delayed path. It delays each direction by RTT/2 without limiting
+# throughput, and holds a new connection's first bytes one more RTT (--handshake: a TCP
+# handshake over the link would cost that; the proxy itself accepts at once). The script's
+# own requests (bucket setup, the fallback uploads, and the HEADs and listings that time
+# "until the server has it") go to the server directly: they are the observer, not the
+# contender, and must not add round trips to the contender's time. The RTT measured through
+# the proxy (curl, median of 5) is printed and reported with the results.
 #
 # Plaintext test data lives only under /dev/shm (one directory, removed on exit, as are
 # rclone's cache and s3fs's temporary files, which are pointed there); every mount is undone on
@@ -50,6 +77,7 @@
 #                      scripts/test.sh starts on the default ports, so both can run at once.
 #                      rclone refuses to send SSE-C keys over http, so it alone goes through
 #                      the server's TLS front-end (stunnel4, https://127.0.0.1:$BENCH_TLS_PORT).
+#   BENCH_PROXY_PORT=3929  the delaying proxy's port (with --rtt/--rate)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -63,6 +91,9 @@ ONLY=""
 DOCS=1
 BUILD=1
 NETNS=1
+RTT=0
+RATE=""
+FILES=""
 while (($#)); do
 	case $1 in
 	--quick) QUICK=1 ;;
@@ -79,6 +110,21 @@ while (($#)); do
 	--no-docs) DOCS=0 ;;
 	--no-build) BUILD=0 ;;
 	--no-netns) NETNS=0 ;;
+	--rtt)
+		RTT=${2:?--rtt needs a duration}
+		shift
+		;;
+	--rtt=*) RTT=${1#*=} ;;
+	--rate)
+		RATE=${2:?--rate needs a rate}
+		shift
+		;;
+	--rate=*) RATE=${1#*=} ;;
+	--files)
+		FILES=${2:?--files needs a number}
+		shift
+		;;
+	--files=*) FILES=${1#*=} ;;
 	-h | --help)
 		sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
 		exit 0
@@ -103,8 +149,37 @@ fi
 	echo "bench.sh: --runs must be a positive number" >&2
 	exit 2
 }
+if [[ -n $FILES ]]; then
+	[[ $FILES =~ ^[1-9][0-9]*$ ]] || {
+		echo "bench.sh: --files must be a positive number" >&2
+		exit 2
+	}
+	SMALL=$FILES
+fi
 FILE_BYTES=$((FILE_MIB << 20))
 SMALL_DIRS=20
+
+# the latency profile: RTT in microseconds (what the report computes with), its label for the
+# section and chart names (20ms, 1500us), and whether the proxy runs at all
+[[ $RTT =~ ^(0|[0-9]+(\.[0-9]+)?(us|ms|s))$ ]] || {
+	echo "bench.sh: --rtt must be 0 or a number with us, ms or s (20ms)" >&2
+	exit 2
+}
+[[ -z $RATE || ${RATE,,} =~ ^[0-9]+(\.[0-9]+)?[kmg]?(bit|bps)?$ ]] || {
+	echo "bench.sh: --rate must be bits per second with an optional k, m or g (100mbit, 1gbit)" >&2
+	exit 2
+}
+RTT_US=$(awk -v t="$RTT" 'BEGIN {
+	m = 1; if (t ~ /us$/) m = 1e-6; else if (t ~ /ms$/) m = 1e-3
+	sub(/(us|ms|s)$/, "", t); printf "%d", t * m * 1e6 + 0.5 }')
+if ((RTT_US % 1000 == 0)); then RTT_LABEL="$((RTT_US / 1000))ms"; else RTT_LABEL="${RTT_US}us"; fi
+PROXY=0
+if ((RTT_US > 0)) || [[ -n $RATE ]]; then PROXY=1; fi
+# Per-file workloads pay round trips per file: their timeouts grow with the RTT (100 round trips
+# per small file: s3fs's rsync took 58 at 20 ms; a write's parts ~1,000), so that a slow
+# contender is measured, not cut off.
+STEP_T=$((STEP_T + SMALL * RTT_US * 100 / 1000000))
+WRITE_T=$((WRITE_T + RTT_US / 1000))
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -125,9 +200,12 @@ done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ssecfs-target}
 if ((BUILD)); then
 	log "cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-	cargo build --release --workspace --bin ssecfs --bin ssecfs-raw-bench >&2 || die "cargo build failed"
+	cargo build --release --workspace --bin ssecfs --bin ssecfs-raw-bench --bin ssecfs-delay-proxy >&2 ||
+		die "cargo build failed"
 fi
-for b in ssecfs ssecfs-raw-bench; do
+BINS=(ssecfs ssecfs-raw-bench)
+((PROXY)) && BINS+=(ssecfs-delay-proxy)
+for b in "${BINS[@]}"; do
 	[[ -x $CARGO_TARGET_DIR/release/$b ]] || die "$CARGO_TARGET_DIR/release/$b is missing"
 done
 
@@ -156,9 +234,9 @@ if [[ -n ${BENCH_IN_NETNS:-} ]]; then
 fi
 
 ALL=(raw ssecfs)
-if "$CARGO_TARGET_DIR/release/ssecfs" mount --help 2>/dev/null | grep -q -- '--write-back'; then
-	ALL+=(ssecfs-wb)
-fi
+mount_help=$("$CARGO_TARGET_DIR/release/ssecfs" mount --help 2>/dev/null || true)
+[[ $mount_help == *--write-back* ]] && ALL+=(ssecfs-wb)
+[[ $mount_help == *--spill-dir* ]] && ALL+=(ssecfs-spill)
 if command -v s3fs >/dev/null 2>&1; then
 	ALL+=(s3fs s3fs-nomp)
 else
@@ -187,11 +265,14 @@ fi
 
 WORK=$(mktemp -d /dev/shm/ssecfs-bench.XXXXXX)
 chmod 700 "$WORK"
-mkdir -p "$WORK/bin" "$WORK/mnt" "$WORK/logs" "$WORK/s3fs-tmp" "$WORK/rclone-cache"
+mkdir -p "$WORK/bin" "$WORK/mnt" "$WORK/logs" "$WORK/s3fs-tmp" "$WORK/rclone-cache" "$WORK/spill"
 # private copies: a concurrent `cargo test --release` may rebuild the target dir under us
-cp "$CARGO_TARGET_DIR/release/ssecfs" "$CARGO_TARGET_DIR/release/ssecfs-raw-bench" "$WORK/bin/"
+for b in "${BINS[@]}"; do cp "$CARGO_TARGET_DIR/release/$b" "$WORK/bin/"; done
 SSECFS=$WORK/bin/ssecfs
 RAW=$WORK/bin/ssecfs-raw-bench
+PROXY_BIN=$WORK/bin/ssecfs-delay-proxy
+PROXY_PORT=${BENCH_PROXY_PORT:-3929}
+PROXY_PID=""
 SERVER_DIR=${BENCH_SERVER_DIR:-${XDG_RUNTIME_DIR:-/tmp}/ssecfs-bench-garage}
 mkdir -p "$SERVER_DIR"
 # the numbers (no test data in them) go next to the server state, written as they come, so
@@ -204,9 +285,12 @@ CUR_MNT=""
 CUR_PID=""
 SAMPLER_PID=""
 
+S3_PORT_B=${BENCH_S3_PORT:-3920}
 server() { # test-server.sh with the benchmark's own dir and ports
-	SSECFS_TEST_DIR=$SERVER_DIR S3_PORT=${BENCH_S3_PORT:-3920} RPC_PORT=${BENCH_RPC_PORT:-3921} \
+	# with the proxy, the TLS front-end (rclone's way in) forwards to it, not to Garage
+	SSECFS_TEST_DIR=$SERVER_DIR S3_PORT=$S3_PORT_B RPC_PORT=${BENCH_RPC_PORT:-3921} \
 		ADMIN_PORT=${BENCH_ADMIN_PORT:-3923} TLS_PORT=${BENCH_TLS_PORT:-3963} S3_BUCKET=bench \
+		TLS_BACKEND_PORT=$( ((PROXY)) && echo "$PROXY_PORT" || echo "$S3_PORT_B") \
 		scripts/test-server.sh "$@"
 }
 
@@ -230,6 +314,7 @@ cleanup() {
 		mv "$SERVER_DIR/data" "$SERVER_DIR/meta" "$trash/" 2>/dev/null || true
 		setsid nohup rm -rf "$trash" >/dev/null 2>&1 </dev/null &
 	fi
+	[[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null
 	rm -rf "$WORK"
 	log "cleaned up in $(elapsed "$t_clean" "$EPOCHREALTIME") s; total $(elapsed "$T_START" "$EPOCHREALTIME") s"
 	exit "$rc"
@@ -241,10 +326,58 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------------------------
 # server, key, test data
 
-log "starting Garage in $SERVER_DIR (port ${BENCH_S3_PORT:-3920})"
+if ((PROXY)); then
+	# started before the server: the TLS front-end checks at its start that it answers through
+	# the proxy; the proxy connects upstream per connection, so Garage may come up after it
+	proxy_args=(--listen "127.0.0.1:$PROXY_PORT" --to "127.0.0.1:$S3_PORT_B" --rtt "$RTT" --handshake)
+	[[ -n $RATE ]] && proxy_args+=(--rate "$RATE")
+	log "starting ssecfs-delay-proxy ${proxy_args[*]}"
+	"$PROXY_BIN" "${proxy_args[@]}" >"$WORK/logs/proxy.log" 2>&1 &
+	PROXY_PID=$!
+	for i in $(seq 50); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$PROXY_PORT") 2>/dev/null && break
+		kill -0 "$PROXY_PID" 2>/dev/null || die "ssecfs-delay-proxy exited: $(reason "$WORK/logs/proxy.log")"
+		((i < 50)) || die "ssecfs-delay-proxy does not accept on port $PROXY_PORT after 5 s"
+		sleep 0.1
+	done
+fi
+log "starting Garage in $SERVER_DIR (port $S3_PORT_B)"
 SERVER_STARTED=1
 env_lines=$(server) || die "scripts/test-server.sh failed"
 eval "$env_lines"
+# S3_DIRECT: Garage itself, for the script's own requests (setup and the observer's checks);
+# S3_ENDPOINT: what the contenders use, the proxy when there is one
+S3_DIRECT=$S3_ENDPOINT
+((PROXY)) && export S3_ENDPOINT=http://127.0.0.1:$PROXY_PORT
+
+# The round-trip time as the contenders see it: a GET on the S3 port (unauthenticated, the
+# server refuses it at once), twice on one connection; the first transfer's request to first
+# byte includes a new connection's handshake wait, the second (kept alive) is one round trip
+# plus the server's time. Medians of 5, in ms; sets RTT_NEW RTT_KEPT ("?" if not measured).
+measure_rtt() { # endpoint
+	local out
+	out=$(for _ in 1 2 3 4 5; do
+		curl -s -m 10 -o /dev/null -o /dev/null -w '%{num_connects} %{time_pretransfer} %{time_starttransfer}\n' \
+			"$1/" "$1/" 2>/dev/null || true
+	done)
+	read -r RTT_NEW RTT_KEPT < <(awk '
+		function med(a, n,   i, j, t) {
+			if (!n) return "?"
+			for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+			return sprintf("%.2f", a[int((n + 1) / 2)] * 1000)
+		}
+		NF == 3 && $3 > 0 { if ($1 > 0) nw[++n1] = $3 - $2; else kp[++n2] = $3 - $2 }
+		END { printf "%s %s\n", med(nw, n1), med(kp, n2) }' <<<"$out")
+	return 0
+}
+measure_rtt "$S3_DIRECT"
+RTT_DIRECT=$RTT_KEPT
+if ((PROXY)); then
+	measure_rtt "$S3_ENDPOINT"
+	log "measured through the proxy (curl, request to first byte, median of 5): $RTT_KEPT ms on a kept-alive connection (set: RTT $RTT_LABEL; direct to the server: $RTT_DIRECT ms); $RTT_NEW ms for a new connection's first request (its handshake included)"
+else
+	log "measured direct to the server (curl, request to first byte, median of 5): $RTT_KEPT ms kept-alive, $RTT_NEW ms on a new connection"
+fi
 export SSECFS_BENCH_KEY_FILE=$WORK/key
 (
 	umask 077
@@ -345,6 +478,10 @@ parse_result() {
 rawcmd() { # raw-bench args…; output in $OUT, stderr in $WORK/err; non-zero on failure
 	OUT=$(timeout -k 10 "$STEP_T" "$RAW" "$@" 2>"$WORK/err")
 }
+# the same, straight to the server: the script's own setup and checks (see "Latency" above)
+obscmd() {
+	OUT=$(timeout -k 10 "$STEP_T" "$RAW" --endpoint "$S3_DIRECT" "$@" 2>"$WORK/err")
+}
 
 # ---------------------------------------------------------------------------------------------
 # mounts, daemon PID, memory sampling
@@ -417,11 +554,14 @@ do_mount() { # contender: mounts its bucket on a new mountpoint under $WORK/mnt;
 	mark_logs "$WORK/logs/$c.log"
 	local -a cmd
 	case $c in
-	ssecfs | ssecfs-wb)
+	ssecfs | ssecfs-wb | ssecfs-spill)
 		name=ssecfs
 		cmd=("$SSECFS" mount --endpoint "$S3_ENDPOINT" --allow-http --key-file "$WORK/key"
 			--log-file "$WORK/logs/$c.log")
 		[[ $c == ssecfs-wb ]] && cmd+=(--write-back)
+		# the tier's files are anonymous (never linked) and go with the mount; room for the
+		# whole file twice, so that nothing of it is dropped from the tier
+		[[ $c == ssecfs-spill ]] && cmd+=(--spill-dir "$WORK/spill" --spill-size "$((FILE_MIB * 2))M")
 		cmd+=("$bucket" "$mnt")
 		;;
 	s3fs | s3fs-nomp)
@@ -619,7 +759,7 @@ fuse_run() { # contender run
 				fail "$c" write "$r" "dd did not finish within $WRITE_T s"
 			elif ((rc != 0)); then
 				fail "$c" write "$r" "$(reason "$WORK/err" dd)"
-			elif ! rawcmd wait-object "$b" "$P/f" "$FILE_BYTES" --timeout "$WRITE_T"; then
+			elif ! obscmd wait-object "$b" "$P/f" "$FILE_BYTES" --timeout "$WRITE_T"; then
 				fail "$c" write "$r" "$(reason "$WORK/err")"
 			else
 				t1=$EPOCHREALTIME
@@ -633,8 +773,8 @@ fuse_run() { # contender run
 	note=""
 	if ((!f_ok)); then
 		# the read workloads still run, on a file the raw tool puts there
-		rawcmd empty "$b" "$P/f" || true
-		if rawcmd put-file "$b" "$P/f" "$DATA"; then
+		obscmd empty "$b" "$P/f" || true
+		if obscmd put-file "$b" "$P/f" "$DATA"; then
 			note="file written by raw"
 		else
 			fail "$c" read "$r" "no test file (write failed, raw upload too)"
@@ -682,8 +822,14 @@ fuse_run() { # contender run
 			do_umount
 		fi
 
-		# 3 random 4 KiB reads (fresh mount)
+		# 3 random 4 KiB reads (fresh mount; for the spill tier, after one full read that fills it)
+		local rnote=$note
 		if mount_for "$c" randread "$r"; then
+			if [[ $c == ssecfs-spill ]]; then
+				rnote+="${rnote:+, }after one full read (untimed)"
+				timeout -k 5 "$STEP_T" dd if="$CUR_MNT/$P/f" of=/dev/null bs=1M status=none 2>"$WORK/err" ||
+					rnote+=" that failed: $(reason "$WORK/err" dd)"
+			fi
 			if ! timeout -k 5 $((FIO_RT + 120)) fio --name=r --rw=randread --bs=4k --size="$FILE_BYTES" \
 				--runtime="$FIO_RT" --time_based --ioengine=psync --direct=0 \
 				--filename="$CUR_MNT/$P/f" --output-format=json --output="$WORK/fio.json" >"$WORK/err" 2>&1; then
@@ -702,7 +848,7 @@ rd = job["read"]
 print("%.6f %d" % (rd["runtime"] / 1000.0, rd["total_ios"]))
 PY
 				) && [[ ${fio_out#* } -gt 0 ]]; then
-					record "$c" randread "$r" ok "${fio_out% *}" "${fio_out#* }" "$M_rss" "$M_lck" "$note"
+					record "$c" randread "$r" ok "${fio_out% *}" "${fio_out#* }" "$M_rss" "$M_lck" "$rnote"
 				else
 					fail "$c" randread "$r" "fio: no reads completed ${fio_out:-}"
 				fi
@@ -710,7 +856,7 @@ PY
 			do_umount
 		fi
 	fi
-	rawcmd empty "$b" "$P/f" || true # free the server's disk
+	obscmd empty "$b" "$P/f" || true # free the server's disk
 
 	# 4 rsync of the small-file tree, until the server lists all of it; then the no-op rerun
 	if mount_for "$c" rsync "$r"; then
@@ -719,10 +865,13 @@ PY
 		mkdir -p "$CUR_MNT/$P" 2>"$WORK/err" || true
 		t0=$EPOCHREALTIME
 		timeout -k 5 "$STEP_T" rsync -a "$TREE/" "$CUR_MNT/$P/tree/" >"$WORK/err" 2>&1 || rc=$?
-		if ((rc != 0)); then
+		if ((rc == 124 || rc == 137)); then
+			fail "$c" rsync "$r" "did not finish within $STEP_T s"
+			fail "$c" rsync-noop "$r" "first rsync failed"
+		elif ((rc != 0)); then
 			fail "$c" rsync "$r" "$(reason "$WORK/err" "rsync exit $rc")"
 			fail "$c" rsync-noop "$r" "first rsync failed"
-		elif ! rawcmd wait-tree "$b" "$P/tree" "$TREE" --timeout "$STEP_T"; then
+		elif ! obscmd wait-tree "$b" "$P/tree" "$TREE" --timeout "$STEP_T"; then
 			fail "$c" rsync "$r" "$(reason "$WORK/err")"
 			fail "$c" rsync-noop "$r" "first rsync incomplete"
 		else
@@ -772,8 +921,8 @@ PY
 	# 6 cp -r of the tree out to /dev/shm (fresh mount)
 	note=""
 	if ((!tree_ok)); then
-		rawcmd empty "$b" "$P/tree/" || true
-		rawcmd put-tree "$b" "$P/tree" "$TREE" && note="tree written by raw"
+		obscmd empty "$b" "$P/tree/" || true
+		obscmd put-tree "$b" "$P/tree" "$TREE" && note="tree written by raw"
 	fi
 	rm -rf "$WORK/cpout"
 	mkdir -p "$WORK/cpout"
@@ -798,11 +947,11 @@ PY
 # ---------------------------------------------------------------------------------------------
 # run
 
-log "contenders: ${CONTENDERS[*]}; runs: $RUNS; file ${FILE_MIB} MiB, $SMALL small files, ls of $LISTN, fio ${FIO_RT} s"
+log "contenders: ${CONTENDERS[*]}; runs: $RUNS; file ${FILE_MIB} MiB, $SMALL small files, ls of $LISTN, fio ${FIO_RT} s$( ((PROXY)) && echo "; RTT $RTT_LABEL${RATE:+, rate $RATE}")"
 for c in "${CONTENDERS[@]}"; do
 	b=$(bucket_of "$c")
-	rawcmd create-bucket "$b" || die "create bucket $b: $(reason "$WORK/err")"
-	rawcmd populate "$b" list "$LISTN" || die "populate $b/list: $(reason "$WORK/err")"
+	obscmd create-bucket "$b" || die "create bucket $b: $(reason "$WORK/err")"
+	obscmd populate "$b" list "$LISTN" || die "populate $b/list: $(reason "$WORK/err")"
 done
 log "buckets ready ($LISTN listing objects each)"
 
@@ -840,7 +989,7 @@ for ((run = 1; run <= RUNS; run++)); do
 			fuse_run "$c" "$run"
 			reap_daemons
 		fi
-		rawcmd empty "$(bucket_of "$c")" "r$run/" || log "  could not empty r$run/ of $c's bucket"
+		obscmd empty "$(bucket_of "$c")" "r$run/" || log "  could not empty r$run/ of $c's bucket"
 		SPENT[$c]=$(awk -v a="${SPENT[$c]:-0}" -v b="$(elapsed "$t_c" "$EPOCHREALTIME")" 'BEGIN { printf "%.1f", a + b }')
 	done
 done
@@ -868,6 +1017,13 @@ META=$SERVER_DIR/last-meta.tsv
 	printf 'memory\t%s\n' "$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 	printf 'kernel\t%s\n' "$(uname -sr)"
 	printf 'tcp\t%s\n' "$TCP_NOTE"
+	printf 'rtt_us\t%s\n' "$((PROXY ? RTT_US : 0))"
+	printf 'rtt_label\t%s\n' "$RTT_LABEL"
+	printf 'rate\t%s\n' "$RATE"
+	((PROXY)) && printf 'proxy\t%s\n' "ssecfs-delay-proxy ${proxy_args[*]}"
+	printf 'rtt_direct_ms\t%s\n' "$RTT_DIRECT"
+	printf 'rtt_kept_ms\t%s\n' "$RTT_KEPT"
+	printf 'rtt_new_ms\t%s\n' "$RTT_NEW"
 	printf 'os\t%s\n' "$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-?}")"
 	printf 'garage\t%s\n' "$("$GARAGE_BIN" --version 2>/dev/null | head -n1)"
 	printf 'ssecfs\t%s (git %s)\n' "$("$SSECFS" --version 2>/dev/null | head -n1)" "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
@@ -885,10 +1041,13 @@ if ! python3 -c 'import matplotlib' >/dev/null 2>&1 && [[ -x /usr/bin/python3 ]]
 	PY=/usr/bin/python3
 fi
 report_args=(--results "$RESULTS" --meta "$META")
+# a latency profile has its own chart (and section, which report.py finds from the meta)
+PNG=docs/benchmarks.png
+((PROXY)) && PNG=docs/benchmarks-rtt$RTT_LABEL${RATE:+-rate${RATE,,}}.png
 if ((DOCS)); then
 	mkdir -p docs
-	report_args+=(--md docs/BENCHMARKS.md --png docs/benchmarks.png)
+	report_args+=(--md docs/BENCHMARKS.md --png "$PNG")
 fi
 "$PY" scripts/bench/report.py "${report_args[@]}"
-((DOCS)) && log "wrote docs/BENCHMARKS.md and docs/benchmarks.png"
+((DOCS)) && log "wrote docs/BENCHMARKS.md and $PNG"
 log "total $(elapsed "$T_START" "$EPOCHREALTIME") s"

@@ -28,6 +28,8 @@
 #   SSECFS_TEST_DIR=${XDG_RUNTIME_DIR:-/tmp}/ssecfs-garage
 #   S3_PORT=3900 RPC_PORT=3901 ADMIN_PORT=3903
 #   TLS_PORT=3943        stunnel TLS front-end to S3_PORT; 0 disables; skipped without stunnel4
+#   TLS_BACKEND_PORT=$S3_PORT  where the TLS front-end forwards (scripts/bench.sh --rtt: its
+#                        delaying proxy, so that https clients take the same path as the others)
 #   S3_BUCKET=ssecfs     bucket created for the key (read/write/owner); the key may also create
 #                        more buckets (S3 CreateBucket), tests may use that or the admin API
 #   GARAGE_BIN           garage binary; default: `garage` on PATH, else ~/.cargo/bin/garage,
@@ -40,6 +42,7 @@ S3_PORT=${S3_PORT:-3900}
 RPC_PORT=${RPC_PORT:-3901}
 ADMIN_PORT=${ADMIN_PORT:-3903}
 TLS_PORT=${TLS_PORT:-3943}
+TLS_BACKEND_PORT=${TLS_BACKEND_PORT:-$S3_PORT}
 BUCKET=${S3_BUCKET:-ssecfs}
 CDIR=${SSECFS_CLUSTER_DIR:-$DIR/cluster}
 CLUSTER_BASE_PORT=${CLUSTER_BASE_PORT:-3970}
@@ -315,7 +318,7 @@ pid = $DIR/stunnel.pid
 output = $tls/stunnel.log
 [ssecfs-s3]
 accept = 127.0.0.1:$TLS_PORT
-connect = 127.0.0.1:$S3_PORT
+connect = 127.0.0.1:$TLS_BACKEND_PORT
 cert = $tls/cert.pem
 key = $tls/key.pem
 CONF

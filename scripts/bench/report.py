@@ -5,11 +5,17 @@ bar chart (docs/benchmarks.png, needs matplotlib; skipped with a warning without
 Input: --results, a TSV with one line per contender/workload/run:
     contender workload run status seconds amount rss_kib lck_kib note
 (status `ok` or `FAIL`, note = the failure reason or a remark), and --meta, a TSV of key/value
-lines (machine facts, sizes, the command, timings).
+lines (machine facts, sizes, the command, timings, the latency profile).
+
+A run without a latency profile (no `proxy` in the meta) writes the main part of the Markdown
+file and docs/benchmarks.png; a run with one (`scripts/bench.sh --rtt 20ms`) writes only its
+own section, between markers, and its own chart: the file holds one section per RTT (and rate),
+each replaced only by the next run with the same ones.
 """
 
 import argparse
 import os
+import re
 import statistics
 import sys
 from collections import OrderedDict, defaultdict
@@ -19,6 +25,7 @@ LABELS = OrderedDict(
         ("raw", "raw S3 (aws-sdk-s3)"),
         ("ssecfs", "ssecfs"),
         ("ssecfs-wb", "ssecfs --write-back"),
+        ("ssecfs-spill", "ssecfs --spill-dir"),
         ("s3fs", "s3fs"),
         ("s3fs-nomp", "s3fs nomultipart"),
         ("rclone-off", "rclone cache off (https)"),
@@ -29,6 +36,7 @@ COLORS = {
     "raw": "#7f7f7f",
     "ssecfs": "#1f77b4",
     "ssecfs-wb": "#17becf",
+    "ssecfs-spill": "#9467bd",
     "s3fs": "#ff7f0e",
     "s3fs-nomp": "#ffbb78",
     "rclone-off": "#2ca02c",
@@ -38,6 +46,7 @@ SHORT = {
     "raw": "raw S3",
     "ssecfs": "ssecfs",
     "ssecfs-wb": "ssecfs wb",
+    "ssecfs-spill": "ssecfs spill",
     "s3fs": "s3fs",
     "s3fs-nomp": "s3fs nomp",
     "rclone-off": "rclone off",
@@ -193,8 +202,8 @@ def results_md(meta, info, contenders, workloads, cells):
     parts.append(f"### Throughput ({what}; higher is better, time below)\n")
     parts.append(table(["workload"] + [LABELS.get(c, c) for c in contenders], body))
 
-    # ratios
-    mine = [c for c in contenders if c.startswith("ssecfs")]
+    # ratios (the spill variant only as a column: its own table would repeat ssecfs's)
+    mine = [c for c in ("ssecfs", "ssecfs-wb") if c in contenders]
     for m in mine:
         # the other ssecfs variant only in the first table (the second would be its inverse)
         peers = [c for c in contenders if c != m and not (c.startswith("ssecfs") and m != mine[0])]
@@ -321,6 +330,11 @@ METHOD = """\
   - *ssecfs*: `ssecfs mount --endpoint … --allow-http --key-file KEY BUCKET MNT`, defaults
     otherwise (256 MiB locked cache, 8 MiB parts, 8 uploads in flight);
     `--write-back` too when `ssecfs mount --help` lists it.
+  - *ssecfs --spill-dir*: the same with `--spill-dir` in the scratch tmpfs (the tier holds
+    only AES-GCM-sealed blocks, never plaintext) and `--spill-size` twice the file; for the
+    random reads it first reads the whole file once, untimed (the cell says so), so that what
+    the locked cache cannot hold is in the tier. With the 256 MiB default cache it differs
+    from plain ssecfs only when the file is larger (the full run's 1 GiB, not `--quick`'s).
   - *s3fs*: `s3fs BUCKET MNT -o url=…,endpoint=garage,use_path_request_style,use_sse=custom:KEY,
     passwd_file=…,tmpdir=/dev/shm/…`, with default multipart and with `nomultipart`.
   - *rclone*: `rclone mount remote:BUCKET MNT --daemon` with an S3 remote (provider Other,
@@ -333,6 +347,17 @@ METHOD = """\
     in cache mode writes an upload starts 5 s after the file's last close
     (`--vfs-write-back 5s`), and that wait is in its write and rsync times. (With 0 s, rsync's
     renames race the uploads of its temporary files and the rsync fails.)
+- **Latency** (the sections *At N ms round-trip time*, `scripts/bench.sh --rtt N`): one
+  `ssecfs-delay-proxy` (bench/delay) in front of Garage's S3 port, and every contender's
+  endpoint is the proxy (rclone's TLS front-end forwards to it). It delays each direction by
+  RTT/2 per chunk read, many chunks in flight, so latency is added but throughput is not
+  limited (`--rate` caps it, when given), and holds a new connection's first bytes one RTT
+  more (`--handshake`: over a real link the TCP handshake costs that; the proxy accepts
+  locally). Not modelled: TLS handshakes (rclone's are with the local front-end), loss,
+  jitter, a congestion window that starts small. The script's own requests (bucket setup, and
+  the HEADs and listings that time "until the server has it") go to Garage directly, so that
+  they add nothing to a contender's time. *Round trips per file* is a per-file workload's
+  elapsed time over files × RTT: what each file costs in waits for the server.
 - **Workloads** (contenders interleaved within each run, in an order rotated from run to run,
   each contender, and each 1 GiB write and cold read, started once the server has been idle
   (under 5% of a core) for a second; each
@@ -360,56 +385,161 @@ METHOD = """\
 """
 
 
-def markdown(meta, rows):
-    info, contenders, workloads, cells = build(meta, rows)
+def is_profile(meta):
+    """A run through the delaying proxy (--rtt/--rate): it writes its own section."""
+    return bool(meta.get("proxy"))
+
+
+def rtt_text(us):
+    us = int(us)
+    if us % 1000 == 0:
+        return "%d ms" % (us // 1000)
+    return "%g ms" % (us / 1000) if us >= 1000 else "%d µs" % us
+
+
+def profile_title(meta):
+    t = "At %s round-trip time" % rtt_text(meta.get("rtt_us", "0"))
+    if meta.get("rate"):
+        t += ", %s per direction" % meta["rate"]
+    return t
+
+
+def network_line(meta):
+    kept, new, direct = meta.get("rtt_kept_ms", "?"), meta.get("rtt_new_ms", "?"), meta.get("rtt_direct_ms", "?")
+    if not is_profile(meta):
+        return (
+            f"- Network: loopback, no added latency; measured with curl (request to first byte, "
+            f"median of 5): {kept} ms on a kept-alive connection, {new} ms on a new one"
+        )
+    return (
+        f"- Network: every contender through `{meta['proxy']}` in front of Garage (rclone: the TLS "
+        f"front-end forwards to it); measured through it with curl (request to first byte, median "
+        f"of 5): **{kept} ms** on a kept-alive connection ({direct} ms direct to the server), "
+        f"{new} ms for a new connection's first request (its handshake wait included)"
+    )
+
+
+def run_lines(meta, contenders):
     quick = meta.get("mode") == "quick"
     spent = ", ".join(
         f"{LABELS.get(c, c)} {duration(meta.get('spent_' + c, '0'))}" for c in contenders
     )
-    head = [
-        "# Benchmarks",
-        "",
-        "Generated by `scripts/bench.sh`; do not edit by hand, run it again.",
-        "",
+    return [
         f"- Command: `{meta.get('command', 'scripts/bench.sh')}`"
         + (" (quick mode: 1 run, smaller sizes; for checking the harness, not for quoting)" if quick else ""),
+        network_line(meta),
         f"- Date: {meta.get('date', '?')}; total time {duration(meta.get('total_seconds', '0'))} "
         f"(per contender, all runs: {spent})",
         f"- Sizes: {size_text(int(meta['file_mib']))} file, {int(meta['small_files']):,} small files "
         f"in {meta.get('small_dirs', '20')} directories, {int(meta['list_objects']):,}-object "
         f"listing, fio {meta['fio_seconds']} s; {meta.get('runs', '1')} run(s) each",
-        "",
-        "## Machine",
-        "",
-        machine_md(meta),
-        "",
-        "## Results",
-        "",
     ]
-    res = results_md(meta, info, contenders, workloads, cells)
+
+
+# per-file workloads: what a round trip per file costs shows there
+PER_FILE = ["rsync", "rsync-noop", "cp"]
+
+
+def round_trips_md(meta, info, contenders, cells):
+    """Elapsed / (files × RTT) per contender on the per-file workloads; '' without an RTT."""
+    rtt = int(meta.get("rtt_us", "0")) / 1e6
+    if rtt <= 0:
+        return ""
+    n = int(meta["small_files"])
+    ws = [w for w in PER_FILE if any((c, w) in cells for c in contenders)]
+    if not ws:
+        return ""
+    body = []
+    for c in contenders:
+        row = [LABELS.get(c, c)]
+        for w in ws:
+            cell = cells.get((c, w))
+            row.append(f"{cell.sec / (n * rtt):.2f}" if cell and cell.ok else "–")
+        body.append(row)
+    return (
+        f"\n\n### Round trips per file (elapsed seconds / ({n:,} files × RTT "
+        f"{rtt_text(meta['rtt_us'])}); lower is better)\n\n"
+        + table(["contender"] + [info[w][0] for w in ws], body)
+    )
+
+
+def markdown(meta, rows, png_name):
+    """(Markdown for the file, text for stdout, built tables): the main part for a run without
+    a latency profile, its own section for one with."""
+    info, contenders, workloads, cells = build(meta, rows)
+    res = results_md(meta, info, contenders, workloads, cells) + round_trips_md(meta, info, contenders, cells)
     fails = failures_md(rows, info)
-    tail = [
-        "",
-        "![Benchmark chart](benchmarks.png)",
-        "",
-        "## Failures",
-        "",
-        fails,
-        "",
-        "## Method",
-        "",
-        METHOD,
-        "<details><summary>Every run</summary>",
-        "",
-        runs_md(rows, info),
-        "",
-        "</details>",
-        "",
-    ]
+    chart_md = f"![Benchmark chart]({png_name})"
+    if is_profile(meta):
+        key = section_key(meta)
+        md_lines = [
+            f"<!-- bench section {key}: written by scripts/bench.sh, replaced by its next run with "
+            "this RTT and rate -->",
+            f"## {profile_title(meta)}",
+            "",
+            *run_lines(meta, contenders),
+            f"- Machine: {meta.get('cpu', '?')}, nproc {meta.get('nproc', '?')}; {meta.get('kernel', '?')}; "
+            f"{meta.get('ssecfs', '?')}; {meta.get('garage', '?')} (all below, with every run)",
+            "",
+            res,
+            "",
+            chart_md,
+            "",
+            "### Failures",
+            "",
+            fails,
+            "",
+            "<details><summary>Machine and every run</summary>",
+            "",
+            machine_md(meta),
+            "",
+            runs_md(rows, info),
+            "",
+            "</details>",
+            "",
+            f"<!-- end bench section {key} -->",
+            "",
+        ]
+        md = "\n".join(md_lines)
+    else:
+        head = [
+            "# Benchmarks",
+            "",
+            "Generated by `scripts/bench.sh`; do not edit by hand, run it again.",
+            "",
+            *run_lines(meta, contenders),
+            "",
+            "## Machine",
+            "",
+            machine_md(meta),
+            "",
+            "## Results",
+            "",
+        ]
+        tail = [
+            "",
+            chart_md,
+            "",
+            "## Failures",
+            "",
+            fails,
+            "",
+            "## Method",
+            "",
+            METHOD,
+            "<details><summary>Every run</summary>",
+            "",
+            runs_md(rows, info),
+            "",
+            "</details>",
+            "",
+        ]
+        md = "\n".join(head) + "\n" + res + "\n" + "\n".join(tail)
     stdout_text = "\n".join(
         [
             f"# {meta.get('command', 'scripts/bench.sh')} — {meta.get('date', '')}, "
             f"total {duration(meta.get('total_seconds', '0'))}",
+            network_line(meta),
             "",
             res,
             "",
@@ -419,7 +549,7 @@ def markdown(meta, rows):
             "",
         ]
     )
-    return "\n".join(head) + "\n" + res + "\n" + "\n".join(tail), stdout_text, (info, contenders, workloads, cells)
+    return md, stdout_text, (info, contenders, workloads, cells)
 
 
 def chart(path, meta, built):
@@ -489,8 +619,13 @@ def chart(path, meta, built):
     for ax in axes[n:]:
         ax.axis("off")
     runs = int(meta.get("runs", "1"))
+    where = "local Garage"
+    if is_profile(meta):
+        where += " through a %s RTT link" % rtt_text(meta.get("rtt_us", "0"))
+        if meta.get("rate"):
+            where += " (%s)" % meta["rate"]
     fig.suptitle(
-        f"ssecfs vs raw S3, s3fs, rclone — SSE-C on local Garage, {meta.get('nproc', '?')} cores "
+        f"ssecfs vs raw S3, s3fs, rclone — SSE-C on {where}, {meta.get('nproc', '?')} cores "
         f"({'median of %d runs' % runs if runs > 1 else '1 run'}"
         f"{', quick mode' if meta.get('mode') == 'quick' else ''}; {meta.get('date', '')})",
         fontsize=11,
@@ -504,29 +639,72 @@ def chart(path, meta, built):
 # The first heading of the hand-measured sections kept at the end of BENCHMARKS.md.
 KEPT_FROM = "## Spill tier"
 
+SECTION_RE = re.compile(
+    r"<!-- bench section (rtt=(\d+)us rate=(\S+)):.*?-->\n.*?<!-- end bench section \1 -->\n?", re.S
+)
+STUB = "# Benchmarks\n\nGenerated by `scripts/bench.sh`; do not edit by hand, run it again.\n"
+
+
+def section_key(meta):
+    return "rtt=%dus rate=%s" % (int(meta.get("rtt_us", "0")), meta.get("rate") or "none")
+
+
+def rate_bps(text):
+    """For sorting the sections: the rate in bits/s (no rate sorts last)."""
+    m = re.match(r"([0-9.]+)([kmg]?)", text.lower())
+    if text == "none" or not m:
+        return float("inf")
+    return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+
+
+def merge(old, md, meta):
+    """The new file: the main part (this run's, or the old one's for a profile run), then one
+    section per RTT and rate (this run's replacing its own), then the hand-measured sections."""
+    kept_at = old.find(KEPT_FROM)
+    kept = old[kept_at:] if kept_at >= 0 else ""
+    body = old[:kept_at] if kept_at >= 0 else old
+    sections = {}
+    for m in SECTION_RE.finditer(body):
+        sections[m.group(1)] = ((int(m.group(2)), rate_bps(m.group(3))), m.group(0).rstrip("\n") + "\n")
+    first = SECTION_RE.search(body)
+    main = body[: first.start()] if first else body
+    if is_profile(meta):
+        key = section_key(meta)
+        sections[key] = ((int(meta.get("rtt_us", "0")), rate_bps(meta.get("rate") or "none")), md.rstrip("\n") + "\n")
+        if not main.strip():
+            main = STUB
+    else:
+        main = md
+    out = main.rstrip("\n") + "\n"
+    for _, text in sorted(sections.values(), key=lambda x: x[0]):
+        out += "\n" + text
+    if kept:
+        out += "\n" + kept
+    return out
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--results", required=True)
     ap.add_argument("--meta", required=True)
-    ap.add_argument("--md", help="write the Markdown report here")
+    ap.add_argument("--md", help="write the Markdown report here (a profile run: its section of it)")
     ap.add_argument("--png", help="write the chart here")
     a = ap.parse_args()
     meta, rows = load(a.results, a.meta)
-    md, text, built = markdown(meta, rows)
+    png_name = os.path.basename(a.png) if a.png else "benchmarks.png"
+    md, text, built = markdown(meta, rows, png_name)
     if a.png:
         if not chart(a.png, meta, built):
-            md = md.replace("![Benchmark chart](benchmarks.png)", "(no chart: matplotlib was not available)")
+            md = md.replace(f"![Benchmark chart]({png_name})", "(no chart: matplotlib was not available)")
     if a.md:
-        # sections measured by other scripts (e.g. bench-spill.sh) survive a regeneration
+        # the other RTTs' sections and those measured by other scripts (e.g. bench-spill.sh)
+        # survive a regeneration
         try:
             with open(a.md) as f:
                 old = f.read()
         except OSError:
             old = ""
-        kept = old.find(KEPT_FROM)
-        if kept >= 0:
-            md = md.rstrip("\n") + "\n\n" + old[kept:]
+        md = merge(old, md, meta)
         tmp = a.md + ".tmp"
         with open(tmp, "w") as f:
             f.write(md)
