@@ -668,3 +668,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "random_reads_tests.rs"]
+mod random_reads_tests;

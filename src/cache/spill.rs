@@ -90,6 +90,8 @@ struct Inner {
     counter: AtomicU64,
     state: Mutex<State>,
     tamper_logged: AtomicBool,
+    seals: AtomicU64,
+    opened_bytes: AtomicU64,
 }
 
 /// Handle to the spill tier of one mount; cheap to clone.
@@ -121,6 +123,10 @@ pub struct SpillStats {
     pub clean_blocks: usize,
     /// Dirty write parts held.
     pub dirty_parts: u64,
+    /// Buffers sealed and written since the tier was made (disk writes, for tests and logs).
+    pub seals: u64,
+    /// Bytes decrypted since the tier was made (what reads cost in AES work).
+    pub opened_bytes: u64,
 }
 
 /// Associated data of a clean cache block: its full identity, length-prefixed.
@@ -243,6 +249,8 @@ impl Spill {
                     dirty: 0,
                 }),
                 tamper_logged: AtomicBool::new(false),
+                seals: AtomicU64::new(0),
+                opened_bytes: AtomicU64::new(0),
             }),
         })
     }
@@ -259,6 +267,8 @@ impl Spill {
             bytes: st.bytes,
             clean_blocks: st.clean.len(),
             dirty_parts: st.dirty,
+            seals: self.inner.seals.load(Ordering::Relaxed),
+            opened_bytes: self.inner.opened_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -496,6 +506,7 @@ impl Spill {
         if dirty {
             self.inner.state.lock().unwrap().dirty += 1;
         }
+        self.inner.seals.fetch_add(1, Ordering::Relaxed);
         // `buf` now holds ciphertext; dropping it wipes it and returns the memory.
         Ok(Sealed { slot, len, nonce })
     }
@@ -530,6 +541,9 @@ impl Spill {
                     Tag::from_slice(&tag),
                 )
                 .map_err(|_| SpillError::Tampered)?;
+            me.inner
+                .opened_bytes
+                .fetch_add(sealed.len as u64, Ordering::Relaxed);
             Ok(buf)
         })
         .await
