@@ -413,15 +413,66 @@ impl BlockCache {
         }
     }
 
-    /// Is the block containing `offset` already cached (large blocks)?
-    pub fn has_large(&self, obj: &ObjectRef, offset: u64) -> bool {
+    /// Is block `index` of `block_size` bytes of `obj` cached (or being fetched)?
+    fn cached(&self, obj: &ObjectRef, block_size: u64, index: u64) -> bool {
         let id = BlockId {
             key: obj.key.clone(),
             etag: obj.etag.clone(),
-            block_size: LARGE_BLOCK,
-            index: offset / LARGE_BLOCK,
+            block_size,
+            index,
         };
         self.lru.lock().unwrap().map.contains_key(&id)
+    }
+
+    /// The block size a random read at `offset` uses: the large block when it is cached
+    /// already (sequential readers put it there), else a small one, fetching little.
+    pub fn random_block_size(&self, obj: &ObjectRef, offset: u64) -> u64 {
+        if self.cached(obj, LARGE_BLOCK, offset / LARGE_BLOCK) {
+            LARGE_BLOCK
+        } else {
+            SMALL_BLOCK
+        }
+    }
+
+    /// A random read of `obj[offset..offset+len)` (clamped) answered from one block: the
+    /// cached block holding it; else the spilled one (large or small), of which only the
+    /// chunks the read needs are opened, and which is not put back into the cache; else a
+    /// small block, fetched. `None` when the range is empty or spans blocks (the caller
+    /// copies it together, see [`Self::random_block_size`]).
+    ///
+    /// Why not promote a spill hit: a random reader touches each block rarely, and a 1 MiB
+    /// block brought back for 4 KiB pushes another out of the cache, which costs a 1 MiB
+    /// seal and write when it was not spilled yet (issue 20).
+    pub async fn read_random(
+        &self,
+        obj: &ObjectRef,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<Option<(Arc<LockedBuf>, std::ops::Range<usize>)>> {
+        let block = self.random_block_size(obj, offset);
+        let end = (offset + len).min(obj.size);
+        let Some(spill) = &self.spill else {
+            return self.within_one_block(obj, offset, len, block).await;
+        };
+        if block == SMALL_BLOCK
+            && offset < end
+            && !obj.etag.is_empty()
+            && !self.cached(obj, SMALL_BLOCK, offset / SMALL_BLOCK)
+        {
+            for size in [LARGE_BLOCK, SMALL_BLOCK] {
+                let index = offset / size;
+                if (end - 1) / size != index {
+                    continue;
+                }
+                let aad = block_aad(&obj.key, &obj.etag, size, index);
+                let base = index * size;
+                let range = offset - base..end - base;
+                if let Some((buf, r)) = spill.read_clean(&aad, range, &self.arena).await {
+                    return Ok(Some((Arc::new(buf), r)));
+                }
+            }
+        }
+        self.within_one_block(obj, offset, len, block).await
     }
 }
 
@@ -703,3 +754,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "random_reads_tests.rs"]
+mod random_reads_tests;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use super::writeback::FileState;
 use super::{DirEntry, Fs, ReadData};
 use crate::arena::LockedBuf;
-use crate::cache::blocks::{ObjectRef, LARGE_BLOCK, SMALL_BLOCK};
+use crate::cache::blocks::{ObjectRef, LARGE_BLOCK};
 use crate::error::{FsError, FsResult};
 use crate::s3::S3Error;
 
@@ -169,8 +169,8 @@ impl Fs {
     }
 
     /// The block size a read of `obj` through `fh` uses, starting read-ahead for a
-    /// sequential reader.
-    fn block_for(&self, obj: &ObjectRef, fh: u64, offset: u64, size: u32) -> u64 {
+    /// sequential reader; `None` for a random read (the cache picks, see `read_object`).
+    fn block_for(&self, obj: &ObjectRef, fh: u64, offset: u64, size: u32) -> Option<u64> {
         let max = self.cfg.max_readahead;
         let pattern = self.handles.note_read(fh, offset, size, max);
         if obj.size <= SMALL_BLOCK {
@@ -182,10 +182,9 @@ impl Fs {
                 let from = (offset + u64::from(size)) / LARGE_BLOCK + 1;
                 let to = (offset + p.window).div_ceil(LARGE_BLOCK) + 1;
                 self.wctx.cache.prefetch(obj, LARGE_BLOCK, from, to);
-                LARGE_BLOCK
+                Some(LARGE_BLOCK)
             }
-            Some(_) if self.wctx.cache.has_large(obj, offset) => LARGE_BLOCK,
-            _ => SMALL_BLOCK,
+            _ => None,
         }
     }
 
@@ -199,7 +198,7 @@ impl Fs {
         e: S3Error,
         offset: u64,
         size: u32,
-        block: u64,
+        block: Option<u64>,
     ) -> FsResult<ReadData> {
         let _ns = self.namespace.read().await;
         let (linked, now) = {
@@ -229,22 +228,26 @@ impl Fs {
         self.read_object(&obj, offset, size, block).await
     }
 
-    /// `obj[offset..offset+size)` from the block cache: straight from one block when it holds
-    /// the whole range (sequential reads of block-aligned sizes), else copied together.
+    /// `obj[offset..offset+size)` from the block cache, in blocks of `block` (`None`: a
+    /// random read, which the cache may answer from the spill tier without caching a block):
+    /// straight from one block when it holds the whole range, else copied together.
     async fn read_object(
         &self,
         obj: &ObjectRef,
         offset: u64,
         size: u32,
-        block: u64,
+        block: Option<u64>,
     ) -> FsResult<ReadData> {
         let cache = &self.wctx.cache;
-        if let Some((b, range)) = cache
-            .within_one_block(obj, offset, u64::from(size), block)
-            .await?
-        {
+        let len = u64::from(size);
+        let one = match block {
+            Some(block) => cache.within_one_block(obj, offset, len, block).await?,
+            None => cache.read_random(obj, offset, len).await?,
+        };
+        if let Some((b, range)) = one {
             return Ok(ReadData::Block(b, range));
         }
+        let block = block.unwrap_or_else(|| cache.random_block_size(obj, offset));
         let mut out = self.alloc_read(size).await?;
         let n = cache.read(obj, offset, &mut out, block).await?;
         out.set_len(n);

@@ -150,7 +150,7 @@ fn spill(m: &MountArgs, part_size: u64) -> Result<Option<(PathBuf, u64)>, String
         (Some(dir), size) => {
             let size = cli::parse_size(size.as_deref().unwrap_or("1G"))
                 .map_err(|e| format!("--spill-size: {e}"))?;
-            if size < 2 * (part_size + crate::cache::spill::TAG_LEN) {
+            if size < 2 * crate::cache::spill::slot_len(part_size) {
                 return Err(format!(
                     "--spill-size {} is too small for --part-size {}: at least two parts must fit",
                     m.spill_size.as_deref().unwrap_or("1G"),
