@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use super::writeback::FileState;
 use super::{DirEntry, Fs, ReadData};
 use crate::arena::LockedBuf;
-use crate::cache::blocks::{ObjectRef, LARGE_BLOCK};
+use crate::cache::blocks::{ObjectRef, LARGE_BLOCK, SMALL_BLOCK};
 use crate::error::{FsError, FsResult};
 use crate::s3::S3Error;
 
@@ -175,7 +175,7 @@ impl Fs {
         let pattern = self.handles.note_read(fh, offset, size, max);
         if obj.size <= SMALL_BLOCK {
             // one small block holds it all (and a directory read may have fetched it)
-            return SMALL_BLOCK;
+            return Some(SMALL_BLOCK);
         }
         match pattern {
             Some(p) if p.sequential => {
