@@ -230,3 +230,54 @@ async fn many_renames_run_at_once() {
         assert_eq!(mem.raw(&format!("{i}")).unwrap(), b"x");
     }
 }
+
+/// rsync 3.2's pattern, as strace shows it: create the temporary file 0600, write, close,
+/// utimensat, then open it read-only, fchmod 0644, close, rename. Only the first close's
+/// PutObject is on the critical path; the rename's copy carries the times and the mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyncs_fchmod_through_a_read_only_descriptor_costs_no_round_trip() {
+    let mem = MemStore::new("k");
+    let fs = slow_copies(&mem);
+    let before = mem.counts();
+    let (ino, _, fh) = fs.create(ROOT, ".f.XyZ", 0o600, 1000, 1000).await.unwrap();
+    fs.write(ino, 0, b"data").await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let set = |mode, mtime| SetAttr {
+        mode,
+        mtime,
+        ..Default::default()
+    };
+    fs.setattr(ino, set(None, Some(mtime))).await.unwrap();
+    let fh = fs.open(ino, false, false).await.unwrap();
+    fs.setattr(ino, set(Some(0o644), None)).await.unwrap();
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    fs.rename(ROOT, ".f.XyZ", ROOT, "f", false).await.unwrap();
+    let spent = |now: &std::collections::BTreeMap<&str, u64>, op: &str| {
+        now.get(op).unwrap_or(&0) - before.get(op).unwrap_or(&0)
+    };
+    // the close after fchmod made no request: the PutObject (and at most the rename's own
+    // copy, starting in the background) so far
+    let now = mem.counts();
+    assert_eq!(spent(&now, "put"), 1, "{now:?}");
+    assert!(spent(&now, "copy") <= 1, "{now:?}");
+    fs.fsyncdir().await.unwrap();
+    tokio::time::sleep(META_DELAY * 2).await;
+    let now = mem.counts();
+    assert_eq!(
+        (
+            spent(&now, "put"),
+            spent(&now, "copy"),
+            spent(&now, "delete")
+        ),
+        (1, 1, 1),
+        "{now:?}"
+    );
+    let meta = mem.head("f").await.unwrap().metadata;
+    assert_eq!(
+        (meta["mtime"].as_str(), meta["mode"].as_str()),
+        ("1600000000", "33188")
+    );
+}

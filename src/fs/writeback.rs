@@ -217,7 +217,12 @@ impl Fs {
         }
         match self.cfg.write_back {
             None => {
-                self.persist_metadata(ino).await?;
+                // Attributes alone (a chmod through a descriptor that wrote nothing: rsync's
+                // fchmod of its temporary file) wait for their timer or the rename that
+                // follows, which carries them in its copy: a round trip fewer per file.
+                if self.files.contains(ino) {
+                    self.persist_metadata(ino).await?;
+                }
                 self.upload_ino(ino).await
             }
             Some(wb) => {
