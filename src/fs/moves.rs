@@ -36,6 +36,8 @@ use crate::s3::{
 const IN_FLIGHT: usize = 32;
 /// Moves waiting at most; a rename beyond waits for room (memory stays bounded).
 const MAX_PENDING: usize = 10_000;
+/// Longest a rename waits for room in a full queue.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// ETag translations kept after their move (old → copy), newest last.
 const TRANSLATIONS: usize = 4096;
 
@@ -156,14 +158,26 @@ impl Moves {
     }
 
     /// Queue `mv` and start it. The caller holds the namespace lock exclusively and has
-    /// settled both keys, so no other move touches them.
-    pub(super) async fn queue(self: &Arc<Self>, mv: Move) {
-        let room = self
-            .room
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+    /// settled both keys, so no other move touches them. When [`MAX_PENDING`] moves wait
+    /// already (the server is slow, or failing: a failed move keeps its place), the failed
+    /// ones are tried again, then the rename waits at most [`ROOM_WAIT`] for room, and fails
+    /// rather than wait forever.
+    pub(super) async fn queue(self: &Arc<Self>, mv: Move) -> S3Result<()> {
+        let room = match self.room.clone().try_acquire_owned() {
+            Ok(room) => room,
+            Err(_) => {
+                self.settle_all().await;
+                let wait = self.room.clone().acquire_owned();
+                match tokio::time::timeout(ROOM_WAIT, wait).await {
+                    Ok(room) => room.expect("never closed"),
+                    Err(_) => {
+                        return Err(S3Error::Transport(format!(
+                            "{MAX_PENDING} renames are waiting for the server to store them"
+                        )))
+                    }
+                }
+            }
+        };
         let mv = Arc::new(mv);
         {
             let mut t = self.table();
@@ -187,6 +201,7 @@ impl Moves {
             drop(slot);
             me.finish(&mv, result);
         });
+        Ok(())
     }
 
     /// Copy, then delete the old name.

@@ -97,7 +97,7 @@ impl Fs {
                     sealing: node.sealing,
                     meta: renamed.to_metadata(),
                 })
-                .await;
+                .await?;
             self.meta.settle(ino);
             self.wctx.cache.invalidate(&src_key);
             self.wctx.cache.invalidate(&dst_key);
