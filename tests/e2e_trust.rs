@@ -281,3 +281,32 @@ fn a_bucket_with_control_character_names_still_mounts_and_lists() {
         "after the remount"
     );
 }
+
+/// A directory read fetches its small files whole with the primary key (one GET each). A
+/// plain object and one sealed under another key meet that GET refused: each is still
+/// recognised (HEAD, as before), listed, and its read refused (EACCES), while the mount's
+/// own file reads back.
+#[test]
+fn listed_small_objects_without_our_key_are_recognised_not_errors() {
+    use std::os::unix::fs::MetadataExt;
+    let b = TestBucket::new();
+    let key = Key::random();
+    let other = Key::random();
+    put(b.name(), "d/plain", b"planted", None, &[]);
+    put_with_key(b.name(), "d/other", b"another key's", &other, &[]);
+    put_with_key(b.name(), "d/mine", b"mine", &key, &[("mode", "33152")]);
+    let m = Mount::with_key(&b, &key, &[]);
+    let mut names: Vec<String> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["mine", "other", "plain"]);
+    assert_eq!(fs::metadata(m.path("d/plain")).unwrap().len(), 7);
+    let e = fs::read(m.path("d/plain")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "plain: {e}");
+    let e = fs::metadata(m.path("d/other")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "other key: {e}");
+    assert_eq!(fs::metadata(m.path("d/mine")).unwrap().mode(), 33152);
+    assert_eq!(fs::read(m.path("d/mine")).unwrap(), b"mine");
+}
