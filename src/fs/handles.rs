@@ -24,8 +24,14 @@ struct ReadAhead {
 }
 
 enum Handle {
-    File { ra: ReadAhead },
-    Dir { entries: Arc<Vec<DirEntry>> },
+    /// `write`: opened for writing (its close stores pending attributes, see `close_ino`).
+    File {
+        ra: ReadAhead,
+        write: bool,
+    },
+    Dir {
+        entries: Arc<Vec<DirEntry>>,
+    },
 }
 
 /// How a read of a file handle is served: from small blocks, or from large ones with the
@@ -57,9 +63,10 @@ impl Handles {
     }
 
     /// A new file handle.
-    pub(super) fn open_file(&self) -> u64 {
+    pub(super) fn open_file(&self, write: bool) -> u64 {
         self.insert(Handle::File {
             ra: ReadAhead::default(),
+            write,
         })
     }
 
@@ -70,8 +77,10 @@ impl Handles {
         })
     }
 
-    pub(super) fn release(&self, fh: u64) {
-        self.table.lock().unwrap().remove(&fh);
+    /// Forget handle `fh`; whether it was a file opened for writing.
+    pub(super) fn release(&self, fh: u64) -> bool {
+        let gone = self.table.lock().unwrap().remove(&fh);
+        matches!(gone, Some(Handle::File { write: true, .. }))
     }
 
     /// Entries of directory handle `fh` from `offset` on.
@@ -91,7 +100,7 @@ impl Handles {
     /// read-ahead window grows for sequential readers, up to `max`. `None`: not a file handle.
     fn note_read(&self, fh: u64, offset: u64, size: u32, max: u64) -> Option<Pattern> {
         let mut table = self.table.lock().unwrap();
-        let Some(Handle::File { ra }) = table.get_mut(&fh) else {
+        let Some(Handle::File { ra, .. }) = table.get_mut(&fh) else {
             return None;
         };
         let sequential = offset == ra.next || (offset == 0 && ra.next == 0);

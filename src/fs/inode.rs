@@ -32,6 +32,8 @@ pub struct Node {
     pub lookups: u64,
     /// Open file handles.
     pub open: u32,
+    /// Of those, opened for writing.
+    pub writers: u32,
     /// Symlink target, once read.
     pub link_target: Option<String>,
 }
@@ -80,6 +82,7 @@ impl Table {
                 sealing: Sealing::PRIMARY,
                 lookups: 1,
                 open: 0,
+                writers: 0,
                 link_target: None,
             },
         );
@@ -116,6 +119,7 @@ impl Table {
                 node.name = name.to_owned();
                 node.lookups = old.lookups;
                 node.open = old.open;
+                node.writers = old.writers;
                 if node.link_target.is_none() {
                     node.link_target = old.link_target.take();
                 }
@@ -276,6 +280,7 @@ mod tests {
             sealing: Sealing::PRIMARY,
             lookups: 0,
             open: 0,
+            writers: 0,
             link_target: None,
         }
     }

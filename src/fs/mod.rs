@@ -411,8 +411,11 @@ impl Fs {
                 n.attr.ctime = n.attr.mtime;
             });
         }
-        self.names.update(ino, |n| n.open += 1);
-        Ok(self.handles.open_file())
+        self.names.update(ino, |n| {
+            n.open += 1;
+            n.writers += u32::from(write);
+        });
+        Ok(self.handles.open_file(write))
     }
 
     /// Create and open a new file.
@@ -441,13 +444,14 @@ impl Fs {
         let mut node = self.names.new_node(attr.clone(), existed_remote);
         node.lookups = 1;
         node.open = 1;
+        node.writers = 1;
         let ino = self.names.table().upsert(parent, name, node);
         self.files
             .insert(ino, FileContent::new(None, &self.cfg.upload));
         let entry = Namespace::entry_of(&attr, "");
         self.names.listing_update(parent, name, Some(entry));
         self.names.entries_changed(parent);
-        Ok((ino, attr, self.handles.open_file()))
+        Ok((ino, attr, self.handles.open_file(true)))
     }
 
     /// Read up to `size` bytes at `offset` into a locked buffer.
@@ -517,11 +521,12 @@ impl Fs {
     /// Last close of a handle: upload anything left and free the file's memory. Its failure
     /// is kept for the next open, close, fsync or unmount (the kernel drops a release's answer).
     pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
-        self.handles.release(fh);
+        let writer = self.handles.release(fh);
         let last = self
             .names
             .update(ino, |n| {
                 n.open = n.open.saturating_sub(1);
+                n.writers = n.writers.saturating_sub(u32::from(writer));
                 n.open == 0
             })
             .unwrap_or(true);

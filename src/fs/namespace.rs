@@ -326,6 +326,7 @@ impl Namespace {
             sealing: info.sealing,
             lookups: 0,
             open: 0,
+            writers: 0,
             link_target: None,
         }
     }
@@ -341,6 +342,7 @@ impl Namespace {
             sealing: Sealing::PRIMARY,
             lookups: 0,
             open: 0,
+            writers: 0,
             link_target: None,
         }
     }

@@ -217,10 +217,12 @@ impl Fs {
         }
         match self.cfg.write_back {
             None => {
-                // Attributes alone (a chmod through a descriptor that wrote nothing: rsync's
-                // fchmod of its temporary file) wait for their timer or the rename that
-                // follows, which carries them in its copy: a round trip fewer per file.
-                if self.files.contains(ino) {
+                // Attributes set through read-only descriptors only (rsync's fchmod of its
+                // temporary file, opened O_RDONLY after its close) wait for their timer or
+                // the rename that follows, which carries them in its copy: a round trip fewer
+                // per file. A close of a writer (touch, an editor) stores them.
+                let writers = self.names.table().get(ino).map_or(0, |n| n.writers);
+                if writers > 0 || self.files.contains(ino) {
                     self.persist_metadata(ino).await?;
                 }
                 self.upload_ino(ino).await
