@@ -42,16 +42,7 @@ async fn random_reads_beyond_the_cache() {
     let mem = MemStore::new("k");
     let size = 2 * BUDGET;
     let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-    mem.put("o", bytes::Bytes::from(data.clone()), &Metadata::new())
-        .await
-        .unwrap();
-    let info = mem.head("o").await.unwrap();
-    let obj = ObjectRef {
-        key: "o".into(),
-        etag: info.etag,
-        size: info.size,
-        sealing: Sealing::PRIMARY,
-    };
+    let obj = stored(&mem, &data).await;
     let arena = Arena::with_cap_unchecked(BUDGET as usize + (32 << 20));
     let dir = tempfile::tempdir().unwrap();
     let spill = Spill::create(dir.path(), 4 * BUDGET, &arena).unwrap();
@@ -102,16 +93,7 @@ async fn half_spilled() -> (
 ) {
     let mem = MemStore::new("k");
     let data: Vec<u8> = (0..4 * LARGE_BLOCK).map(|i| (i % 253) as u8).collect();
-    mem.put("o", bytes::Bytes::from(data.clone()), &Metadata::new())
-        .await
-        .unwrap();
-    let info = mem.head("o").await.unwrap();
-    let obj = ObjectRef {
-        key: "o".into(),
-        etag: info.etag,
-        size: info.size,
-        sealing: Sealing::PRIMARY,
-    };
+    let obj = stored(&mem, &data).await;
     let arena = Arena::with_cap_unchecked(16 << 20);
     let dir = tempfile::tempdir().unwrap();
     let spill = Spill::create(dir.path(), 16 << 20, &arena).unwrap();
@@ -188,4 +170,18 @@ async fn a_block_evicted_again_is_not_sealed_again() {
     }
     assert_eq!(spill.stats().seals, 4, "each block sealed once");
     assert_eq!(mem.counts()["get"], 4, "and fetched once");
+}
+
+/// `data` stored in `mem` as object "o", and the reference a reader uses.
+async fn stored(mem: &MemStore, data: &[u8]) -> ObjectRef {
+    mem.put("o", bytes::Bytes::from(data.to_vec()), &Metadata::new())
+        .await
+        .unwrap();
+    let info = mem.head("o").await.unwrap();
+    ObjectRef {
+        key: "o".into(),
+        etag: info.etag,
+        size: info.size,
+        sealing: Sealing::PRIMARY,
+    }
 }

@@ -1,26 +1,9 @@
 //! Background renames (`moves.rs`) against the in-memory store: answered before the server has
 //! them, invisible through the mount, in order per key, stored by every durability point.
 
+use super::tests::{fs_on, write_file};
 use super::*;
 use crate::s3::mem::MemStore;
-
-fn fs_on(mem: &MemStore) -> Arc<Fs> {
-    let mut cfg = FsConfig::new("", 1000, 1000);
-    cfg.upload.part_size = 5 << 20;
-    Fs::new(
-        cfg,
-        Arc::new(mem.clone()),
-        Arena::with_cap_unchecked(64 << 20),
-    )
-}
-
-async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
-    let (ino, _, fh) = fs.create(parent, name, 0o644, 1000, 1000).await.unwrap();
-    fs.write(ino, 0, data).await.unwrap();
-    fs.flush(ino).await.unwrap();
-    fs.release(ino, fh).await.unwrap();
-    ino
-}
 
 async fn read_name(fs: &Fs, parent: u64, name: &str) -> Vec<u8> {
     let (ino, attr) = fs.lookup(parent, name).await.unwrap();

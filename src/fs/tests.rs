@@ -3,7 +3,7 @@
 use super::*;
 use crate::s3::mem::MemStore;
 
-fn fs_on(mem: &MemStore) -> Arc<Fs> {
+pub(super) fn fs_on(mem: &MemStore) -> Arc<Fs> {
     let mut cfg = FsConfig::new("", 1000, 1000);
     cfg.upload.part_size = 5 << 20;
     Fs::new(
@@ -43,7 +43,7 @@ fn write_back_fs_on(mem: &MemStore, delay: Duration, max_pending: u64) -> Arc<Fs
     )
 }
 
-async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
+pub(super) async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
     let (ino, _, fh) = fs.create(parent, name, 0o644, 1000, 1000).await.unwrap();
     fs.write(ino, 0, data).await.unwrap();
     fs.flush(ino).await.unwrap();
