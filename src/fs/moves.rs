@@ -218,24 +218,27 @@ impl Moves {
         Ok(etag)
     }
 
-    /// Record an attempt's outcome: a stored move leaves the table (waking its waiters) and
-    /// the inode takes the copy's ETag; a failed one stays, for the next waiter to try.
+    /// Record an attempt's outcome: a stored move gives the inode the copy's ETag, then
+    /// leaves the table (waking its waiters); a failed one stays, for the next waiter to try.
+    ///
+    /// The order matters: a waiter (the next rename of the file) reads the inode's ETag as
+    /// soon as it wakes, and must find the copy's. Until the entry goes, a read naming either
+    /// version finds the object: the old one through the translation, the copy directly.
     fn finish(&self, mv: &Arc<Move>, result: S3Result<String>) {
         match result {
             Ok(etag) => {
-                {
-                    let mut t = self.table();
-                    if t.by_dst
-                        .get(&mv.dst)
-                        .is_some_and(|e| Arc::ptr_eq(&e.mv, mv))
-                    {
-                        t.by_dst.remove(&mv.dst);
-                        t.by_src.remove(&mv.src);
-                    }
-                    t.translate(mv.dst.clone(), mv.etag.clone(), etag.clone());
-                }
+                self.table()
+                    .translate(mv.dst.clone(), mv.etag.clone(), etag.clone());
                 if let Some(fs) = self.fs.upgrade() {
                     fs.move_stored(mv, &etag);
+                }
+                let mut t = self.table();
+                if t.by_dst
+                    .get(&mv.dst)
+                    .is_some_and(|e| Arc::ptr_eq(&e.mv, mv))
+                {
+                    t.by_dst.remove(&mv.dst);
+                    t.by_src.remove(&mv.src);
                 }
             }
             Err(e) => {

@@ -117,6 +117,24 @@ async fn a_rename_chain_and_a_new_file_under_the_old_name_keep_their_order() {
     assert_eq!(mem.raw("c").unwrap(), b"first");
 }
 
+/// A rename right behind the move it waits for sees the inode on the copy: the move is
+/// recorded in the inode before its waiters wake, so the next move names the copy's version
+/// (CI once read NotFound here when the waiter won that race).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_behind_a_stored_move_names_the_copy() {
+    let mem = MemStore::new("k");
+    mem.delay_copy_replies(Duration::from_micros(200));
+    let fs = fs_on(&mem);
+    for i in 0..200 {
+        let (a, b, c) = (format!("a{i}"), format!("b{i}"), format!("c{i}"));
+        write_file(&fs, ROOT, &a, b"first").await;
+        fs.rename(ROOT, &a, ROOT, &b, false).await.unwrap();
+        fs.rename(ROOT, &b, ROOT, &c, false).await.unwrap();
+        assert_eq!(read_name(&fs, ROOT, &c).await, b"first", "round {i}");
+    }
+    assert_eq!(fs.upload_all(UploadAll::Sync).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_over_a_file_and_an_unlink_of_the_new_name() {
     let mem = MemStore::new("k");
