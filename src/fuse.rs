@@ -464,7 +464,7 @@ impl fuser::Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("fsyncdir", ino.0, self.fs.fsyncdir());
+        let r = self.run("fsyncdir", ino.0, self.fs.fsyncdir(ino.0));
         reply_or!(reply, r, |reply: ReplyEmpty, ()| reply.ok());
     }
 

@@ -507,9 +507,11 @@ impl Fs {
         Ok(())
     }
 
-    /// `fsyncdir()`: the renames of this mount are stored (all of them: a rename touches two
-    /// directories, and storing the others costs nothing the next sync would not).
-    pub async fn fsyncdir(&self) -> FsResult<()> {
+    /// `fsyncdir()`: the directory's own pending attributes and the renames of this mount are
+    /// stored (all of them: a rename touches two directories, and storing the others costs
+    /// nothing the next sync would not).
+    pub async fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+        self.persist_metadata(ino).await?;
         match self.moves.settle_all().await {
             0 => Ok(()),
             n => Err(FsError::Lost(format!(

@@ -48,7 +48,7 @@ async fn a_rename_is_answered_before_its_copy_and_stored_by_fsyncdir() {
     ));
     // a second mount would still see the old name: not durable yet
     assert!(mem.raw(".f.tmp").is_some());
-    fs.fsyncdir().await.unwrap();
+    fs.fsyncdir(ROOT).await.unwrap();
     assert_eq!(mem.raw("f").unwrap(), b"content");
     assert!(mem.raw(".f.tmp").is_none());
     assert_eq!(fs.pending().renames, 0);
@@ -187,7 +187,7 @@ async fn a_failed_move_is_retried_by_fsync_and_reported_when_it_fails_again() {
     let (counted, fs2) = super::tests::failing_fs_on(&rehearsal, FsConfig::new("", 1000, 1000));
     write_file(&fs2, ROOT, ".f.tmp", b"data").await;
     fs2.rename(ROOT, ".f.tmp", ROOT, "f", false).await.unwrap();
-    fs2.fsyncdir().await.unwrap();
+    fs2.fsyncdir(ROOT).await.unwrap();
     let copy = counted.log().iter().position(|&op| op == "copy").unwrap() as u64 + 1;
 
     let ino = write_file(&fs, ROOT, ".f.tmp", b"data").await;
@@ -264,7 +264,7 @@ async fn rsyncs_fchmod_through_a_read_only_descriptor_costs_no_round_trip() {
     let now = mem.counts();
     assert_eq!(spent(&now, "put"), 1, "{now:?}");
     assert!(spent(&now, "copy") <= 1, "{now:?}");
-    fs.fsyncdir().await.unwrap();
+    fs.fsyncdir(ROOT).await.unwrap();
     tokio::time::sleep(META_DELAY * 2).await;
     let now = mem.counts();
     assert_eq!(

@@ -3,7 +3,7 @@
 //! One place decides between the three ways: folded into the upload of a file being written
 //! (no request of its own), a CopyObject of a closed file onto itself (delayed by
 //! [`META_DELAY`], so a rename made meanwhile carries the attributes instead), or a new
-//! marker for a directory. It also keeps a file's in-memory state consistent when this mount
+//! marker for a directory (delayed too, so a burst of changes is one marker). It also keeps a file's in-memory state consistent when this mount
 //! replaces the file's object server-side (`rebase_clean`, `rebuilt_after`).
 
 use std::collections::HashSet;
@@ -100,7 +100,8 @@ impl Fs {
     /// Make `setattr`'s new `attr` of `ino` (whose node was `was`) durable: folded into the
     /// upload of a file being written or truncated (`truncated`), and that upload made now
     /// when no handle is open (a truncate(2)); else, when the metadata changed, a delayed
-    /// copy of a closed file or an immediate marker of a directory.
+    /// copy of a closed file or a delayed new marker of a directory (an immediate one when
+    /// the directory has no marker yet: nothing else would make one).
     pub(super) async fn persist_attr_change(
         &self,
         ino: u64,
@@ -126,7 +127,9 @@ impl Fs {
             }
         }
         if meta_changed {
-            if attr.kind != Kind::Dir && was.remote {
+            // a directory's too: rsync sets its mode and times right after mkdir and its
+            // times again at the end, and neither needs to wait for the server
+            if was.remote {
                 self.defer_metadata(ino).await?;
             } else {
                 self.store_metadata(ino, attr).await?;

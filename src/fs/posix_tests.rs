@@ -61,7 +61,7 @@ async fn special_files_are_zero_length_objects_with_their_type_and_device() {
     fs.rename(ROOT, "chr", ROOT, "chr2", false).await.unwrap();
     let (_, attr) = fs.lookup(ROOT, "chr2").await.unwrap();
     assert_eq!((attr.kind, attr.rdev), (Kind::CharDevice, 0x0801));
-    fs.fsyncdir().await.unwrap();
+    fs.fsyncdir(ROOT).await.unwrap();
     assert_eq!(mem.head("chr2").await.unwrap().metadata["rdev"], "2049");
     fs.unlink(ROOT, "fifo").await.unwrap();
     assert!(matches!(
@@ -169,7 +169,7 @@ async fn ctime_moves_with_every_change_of_a_file_and_the_rename_stores_it() {
     tick().await;
     fs.rename(ROOT, "f", ROOT, "g", false).await.unwrap();
     moved("rename", fs.getattr(f).await.unwrap().ctime);
-    fs.fsyncdir().await.unwrap();
+    fs.fsyncdir(ROOT).await.unwrap();
     let stored = mem.head("g").await.unwrap().metadata["ctime"].clone();
     assert_eq!(
         attr::parse_epoch(&stored),

@@ -100,7 +100,7 @@ async fn rsync_pattern_costs_three_requests_per_file() {
     .unwrap();
     fs.rename(dir, ".f.XXXX", dir, "f", false).await.unwrap();
     // (the rename's copy and delete run in the background: see moves_tests)
-    fs.fsyncdir().await.unwrap();
+    fs.fsyncdir(ROOT).await.unwrap();
     let after = mem.counts();
     let spent: u64 = after
         .iter()
@@ -345,6 +345,47 @@ async fn chmod_on_clean_file_is_one_copy_after_a_short_delay_or_at_fsync() {
     assert_eq!(fs_on(&mem).lookup(ROOT, "f").await.unwrap().1.perm, 0o611);
 }
 
+/// rsync sets a directory's mode and times right after making it, and its times again at the
+/// end: off the critical path, like a file's, each burst one marker written after a short
+/// delay, or at once by fsyncdir.
+#[tokio::test]
+async fn a_directory_chmod_is_one_marker_after_a_short_delay_or_at_fsyncdir() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let (d, _) = fs.mkdir(ROOT, "d", 0o700, 1000, 1000).await.unwrap();
+    let puts = || mem.counts().get("put").copied().unwrap_or(0);
+    let made = puts();
+    let chmod = |mode| SetAttr {
+        mode: Some(mode),
+        ..Default::default()
+    };
+    fs.setattr(d, chmod(0o755)).await.unwrap();
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let touch = SetAttr {
+        mtime: Some(mtime),
+        ..Default::default()
+    };
+    fs.setattr(d, touch.clone()).await.unwrap();
+    assert_eq!(fs.getattr(d).await.unwrap().perm, 0o755, "seen at once");
+    assert_eq!(puts(), made, "no request on the critical path");
+    tokio::time::sleep(META_DELAY * 2).await;
+    assert_eq!(puts(), made + 1, "both changes in one marker");
+    let (_, attr) = fs_on(&mem).lookup(ROOT, "d").await.unwrap();
+    assert_eq!((attr.perm, attr.mtime), (0o755, mtime));
+    fs.setattr(d, chmod(0o750)).await.unwrap();
+    fs.fsyncdir(d).await.unwrap();
+    assert_eq!(puts(), made + 2);
+    assert_eq!(fs_on(&mem).lookup(ROOT, "d").await.unwrap().1.perm, 0o750);
+    // unmount stores one; a directory removed meanwhile is not written back
+    fs.setattr(d, chmod(0o711)).await.unwrap();
+    assert_eq!(fs.upload_all(UploadAll::Unmount).await, 0);
+    assert_eq!(fs_on(&mem).lookup(ROOT, "d").await.unwrap().1.perm, 0o711);
+    fs.setattr(d, chmod(0o700)).await.unwrap();
+    fs.rmdir(ROOT, "d").await.unwrap();
+    tokio::time::sleep(META_DELAY * 2).await;
+    assert!(mem.raw("d/").is_none(), "the removed directory stays removed");
+}
+
 #[tokio::test]
 async fn truncate_without_handle_is_durable() {
     let mem = MemStore::new("k");
@@ -469,7 +510,7 @@ async fn concurrent_renames_onto_one_name_leave_table_and_server_agreeing() {
         let t = via_fs[0];
         assert!(via_fs.iter().all(|&b| b == t), "round {round}: a mix");
         assert_eq!(via_fs.len(), 1000 + usize::from(t) * 100, "round {round}");
-        fs.fsyncdir().await.unwrap();
+        fs.fsyncdir(ROOT).await.unwrap();
         let info = mem.head("target").await.unwrap();
         assert_eq!(
             info.size, attr.size,
