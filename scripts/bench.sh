@@ -38,7 +38,9 @@
 #             reads the whole file once (untimed), so that what the locked cache cannot hold
 #             is in its spill tier
 #   4 rsync   rsync -a of a tree of small files (1-16 KiB, 20 dirs) into MNT; timed until the
-#             server's listing holds every file with its size; then the no-op second rsync
+#             server's listing holds every file with its size (and the requests the server
+#             logged with the contenders' key meanwhile are counted: requests per file; the
+#             observer has its own key); then the no-op second rsync
 #   5 ls      ls -l of a directory of many objects created directly (fresh mount)
 #   6 cp      cp -r of the small-file tree out of MNT into /dev/shm (fresh mount), diffed
 # The raw contender does the same transfers with aws-sdk-s3 (multipart 8 MiB x 8, ranged GETs
@@ -479,8 +481,30 @@ rawcmd() { # raw-bench args…; output in $OUT, stderr in $WORK/err; non-zero on
 	OUT=$(timeout -k 10 "$STEP_T" "$RAW" "$@" 2>"$WORK/err")
 }
 # the same, straight to the server: the script's own setup and checks (see "Latency" above)
+# With its own access key once the buckets exist (OBS_ID): the server's log then tells the
+# contender's requests from the observer's (requests_since).
 obscmd() {
-	OUT=$(timeout -k 10 "$STEP_T" "$RAW" --endpoint "$S3_DIRECT" "$@" 2>"$WORK/err")
+	OUT=$(AWS_ACCESS_KEY_ID=${OBS_ID:-$AWS_ACCESS_KEY_ID} AWS_SECRET_ACCESS_KEY=${OBS_SECRET:-$AWS_SECRET_ACCESS_KEY} \
+		timeout -k 10 "$STEP_T" "$RAW" --endpoint "$S3_DIRECT" "$@" 2>"$WORK/err")
+}
+
+# Requests the server received with the contenders' key since line $1 of its log, as
+# "total put copy delete head get other" (Garage logs one line per request it receives, with
+# the key and the S3 operation).
+log_lines() { wc -l <"$SERVER_DIR/garage.log" 2>/dev/null || echo 0; }
+requests_since() {
+	tail -n +"$(($1 + 1))" "$SERVER_DIR/garage.log" 2>/dev/null | awk -v key="(key $AWS_ACCESS_KEY_ID)" '
+		index($0, "generic_server") && index($0, key) {
+			n++
+			if ($0 ~ /x-id=CopyObject/) c++
+			else if ($0 ~ /x-id=UploadPartCopy/) c++
+			else if ($0 ~ / PUT \//) p++
+			else if ($0 ~ / DELETE \//) d++
+			else if ($0 ~ / HEAD \//) h++
+			else if ($0 ~ / GET \//) g++
+			else o++
+		}
+		END { printf "%d %d %d %d %d %d %d\n", n, p, c, d, h, g, o }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -690,8 +714,10 @@ raw_run() { # run
 		fail $c randread "$r" "$(reason "$WORK/err")"
 	fi
 	# 4 small files, then the no-op second sync
+	local lines0
+	lines0=$(log_lines)
 	if rawcmd put-tree "$b" "$P/tree" "$TREE" && parse_result "$OUT"; then
-		record $c rsync "$r" ok "$R_seconds" "$R_ops" "$R_rss" 0
+		record $c rsync "$r" ok "$R_seconds" "$R_ops" "$R_rss" 0 "requests $(requests_since "$lines0")"
 	else
 		fail $c rsync "$r" "$(reason "$WORK/err")"
 	fi
@@ -864,6 +890,8 @@ PY
 		# the run's directory (rclone keeps no empty directories on the server)
 		mkdir -p "$CUR_MNT/$P" 2>"$WORK/err" || true
 		t0=$EPOCHREALTIME
+		local lines0
+		lines0=$(log_lines)
 		timeout -k 5 "$STEP_T" rsync -a "$TREE/" "$CUR_MNT/$P/tree/" >"$WORK/err" 2>&1 || rc=$?
 		if ((rc == 124 || rc == 137)); then
 			fail "$c" rsync "$r" "did not finish within $STEP_T s"
@@ -877,7 +905,7 @@ PY
 		else
 			t1=$EPOCHREALTIME
 			mem_peak
-			record "$c" rsync "$r" ok "$(elapsed "$t0" "$t1")" "$SMALL" "$M_rss" "$M_lck"
+			record "$c" rsync "$r" ok "$(elapsed "$t0" "$t1")" "$SMALL" "$M_rss" "$M_lck" "requests $(requests_since "$lines0")"
 			tree_ok=1
 			t0=$EPOCHREALTIME
 			if ! timeout -k 5 "$STEP_T" rsync -a -i "$TREE/" "$CUR_MNT/$P/tree/" >"$WORK/rsync2.out" 2>"$WORK/err"; then
@@ -948,12 +976,15 @@ PY
 # run
 
 log "contenders: ${CONTENDERS[*]}; runs: $RUNS; file ${FILE_MIB} MiB, $SMALL small files, ls of $LISTN, fio ${FIO_RT} s$( ((PROXY)) && echo "; RTT $RTT_LABEL${RATE:+, rate $RATE}")"
+# the buckets, made with the observer's own key (see obscmd)
+read -r OBS_ID OBS_SECRET < <(server key observer $(for c in "${CONTENDERS[@]}"; do bucket_of "$c"; done)) ||
+	die "scripts/test-server.sh key observer failed"
+[[ -n $OBS_SECRET ]] || die "scripts/test-server.sh key observer printed no key"
 for c in "${CONTENDERS[@]}"; do
 	b=$(bucket_of "$c")
-	obscmd create-bucket "$b" || die "create bucket $b: $(reason "$WORK/err")"
 	obscmd populate "$b" list "$LISTN" || die "populate $b/list: $(reason "$WORK/err")"
 done
-log "buckets ready ($LISTN listing objects each)"
+log "buckets ready ($LISTN listing objects each); the observer uses its own key, $OBS_ID"
 
 # Wait (at most 30 s) until the server has used under 5% of a core for a second: the work a
 # contender or a workload leaves behind (Garage's background table and block work after a 1 GiB

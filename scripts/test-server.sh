@@ -9,6 +9,10 @@
 #   scripts/test-server.sh kill            SIGKILL Garage (a crash), keeping its meta/data dirs
 #   scripts/test-server.sh resume          start Garage again on the kept meta/data dirs and config
 #                                          (after kill or stop; same key, bucket and ports)
+#   scripts/test-server.sh key NAME BUCKET…  a second access key, with read and write on each
+#                                          BUCKET (created if missing, owned by the first key);
+#                                          prints `ID SECRET` (scripts/bench.sh's observer:
+#                                          its requests are told apart in the server's log)
 #
 # A 3-node cluster (replication factor 3, all on 127.0.0.1) for fault tests:
 #   eval "$(scripts/test-server.sh cluster)"   start (fresh) and export the same variables, plus
@@ -518,6 +522,23 @@ install)
 	echo "garage: $GARAGE_BIN ($("$GARAGE_BIN" --version 2>/dev/null | head -n1))" >&2
 	;;
 status) pid_alive "$DIR/garage.pid" garage >/dev/null ;;
+key)
+	[[ -n ${2:-} ]] || die "key: a name is needed (key NAME BUCKET…)"
+	find_garage || die "garage not found"
+	pid_alive "$DIR/garage.pid" garage >/dev/null || die "key: no Garage started by this script is running"
+	id=GK$(openssl rand -hex 12)
+	secret=$(openssl rand -hex 32)
+	g key import --yes -n "$2" "$id" "$secret" || die "key: garage key import failed, see $LOG"
+	main_key=$(sed -n 's/^export AWS_ACCESS_KEY_ID=//p' "$DIR/env.sh")
+	for b in "${@:3}"; do
+		# a global alias (a bucket made by CreateBucket has only its key's local one)
+		"$GARAGE_BIN" -c "$CFG" bucket info "$b" >/dev/null 2>&1 || g bucket create "$b" ||
+			die "key: garage bucket create $b failed, see $LOG"
+		g bucket allow --read --write --owner --key "$main_key" "$b" &&
+			g bucket allow --read --write --key "$id" "$b" || die "key: garage bucket allow $b failed, see $LOG"
+	done
+	echo "$id $secret"
+	;;
 kill) kill_garage ;;
 resume) resume ;;
 cluster) cluster_start ;;
@@ -542,5 +563,5 @@ start-node)
 	[[ $ok == 1 ]] || die "node $2 did not rejoin the cluster within 60 s, see $CDIR/node$2/garage.log"
 	;;
 -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-*) die "unknown command '$1' (start | stop | install | status | kill | resume | cluster | cluster-stop | kill-node N | start-node N)" ;;
+*) die "unknown command '$1' (start | stop | install | status | kill | resume | key NAME BUCKET… | cluster | cluster-stop | kill-node N | start-node N)" ;;
 esac

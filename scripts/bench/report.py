@@ -138,13 +138,25 @@ class Cell:
         self.rss = max((r["rss"] for r in ok), default=0)
         self.lck = max((r["lck"] for r in ok), default=0)
         notes = []
+        counts = []
         for r in ok:
-            if r["note"] and r["note"] not in notes:
-                notes.append(r["note"])
+            note = r["note"]
+            if note.startswith(REQUESTS):
+                counts.append([int(x) for x in note[len(REQUESTS):].split()])
+            elif note and note not in notes:
+                notes.append(note)
         self.notes = notes
+        # requests the server received per kind (REQUEST_KINDS), median over runs
+        self.requests = [statistics.median(col) for col in zip(*counts)] if counts else None
 
     def fail_reason(self):
         return self.failed[0]["note"] if self.failed else "no result"
+
+
+# a note "requests TOTAL PUT COPY DELETE HEAD GET OTHER": what the server received from the
+# contender during the workload (scripts/bench.sh requests_since)
+REQUESTS = "requests "
+REQUEST_KINDS = ["all", "PUT", "copy", "DELETE", "HEAD", "GET", "other"]
 
 
 def short(text, n=90):
@@ -358,6 +370,11 @@ METHOD = """\
   the HEADs and listings that time "until the server has it") go to Garage directly, so that
   they add nothing to a contender's time. *Round trips per file* is a per-file workload's
   elapsed time over files × RTT: what each file costs in waits for the server.
+- **Requests per file** (rsync): the requests Garage logged with the contenders' access key
+  from the rsync's start until the listing held every file, over the number of files. The
+  script's observer uses a second key (`scripts/test-server.sh key`), so its HEADs and
+  listings are not counted; requests still in flight after that point (a background
+  rename's delete) are not either.
 - **Workloads** (contenders interleaved within each run, in an order rotated from run to run,
   each contender, and each 1 GiB write and cold read, started once the server has been idle
   (under 5% of a core) for a second; each
@@ -463,11 +480,33 @@ def round_trips_md(meta, info, contenders, cells):
     )
 
 
+def requests_md(meta, contenders, cells):
+    """Requests the server received per small file during the rsync, by kind; '' if none
+    was counted."""
+    n = int(meta.get("small_files", "0"))
+    counted = [c for c in contenders if cells.get((c, "rsync")) and cells[(c, "rsync")].requests]
+    if not n or not counted:
+        return ""
+    body = []
+    for c in counted:
+        req = cells[(c, "rsync")].requests
+        body.append([LABELS.get(c, c)] + [f"{x / n:.2f}" for x in req])
+    return (
+        f"\n\n### Requests per file, rsync -a of {n:,} small files (received by the server from "
+        "the contender, from the start until the listing holds every file; copy = CopyObject "
+        "and UploadPartCopy; lower is better)\n\n" + table(["contender"] + REQUEST_KINDS, body)
+    )
+
+
 def markdown(meta, rows, png_name):
     """(Markdown for the file, text for stdout, built tables): the main part for a run without
     a latency profile, its own section for one with."""
     info, contenders, workloads, cells = build(meta, rows)
-    res = results_md(meta, info, contenders, workloads, cells) + round_trips_md(meta, info, contenders, cells)
+    res = (
+        results_md(meta, info, contenders, workloads, cells)
+        + round_trips_md(meta, info, contenders, cells)
+        + requests_md(meta, contenders, cells)
+    )
     fails = failures_md(rows, info)
     chart_md = f"![Benchmark chart]({png_name})"
     if is_profile(meta):
