@@ -383,7 +383,10 @@ async fn a_directory_chmod_is_one_marker_after_a_short_delay_or_at_fsyncdir() {
     fs.setattr(d, chmod(0o700)).await.unwrap();
     fs.rmdir(ROOT, "d").await.unwrap();
     tokio::time::sleep(META_DELAY * 2).await;
-    assert!(mem.raw("d/").is_none(), "the removed directory stays removed");
+    assert!(
+        mem.raw("d/").is_none(),
+        "the removed directory stays removed"
+    );
 }
 
 #[tokio::test]
