@@ -243,6 +243,8 @@ fn files_written_through_the_mount_carry_s3fs_metadata() {
     // a directory: an s3fs marker carrying the mode with the directory bit
     fs::create_dir(m.path("dir")).unwrap();
     run("chmod", &["710", m.path("dir").to_str().unwrap()]);
+    // stored 100 ms later, or by an fsync of the directory (FUSE_FSYNCDIR), as here
+    fs::File::open(m.path("dir")).unwrap().sync_all().unwrap();
     let h = head(b.name(), "dir/", Some(m.key()))
         .unwrap_or_else(|e| panic!("HEAD of the directory marker dir/: {e}"));
     assert_eq!(
