@@ -8,7 +8,8 @@
 //! no layer reaches back up. [`cli`]
 //! parses the command line and mount options; [`run`] wires it all together, [`log`] says
 //! what happened and [`control`] answers `ssecfs sync` and `ssecfs status`; [`harden`] keeps
-//! the process's memory out of swap and core files, through [`sys`] (the system calls).
+//! the process's memory out of swap and core files, through [`sys`] (the system calls);
+//! [`sync`] holds the ranked mutexes that check the lock order in debug builds.
 
 // unsafe only where a module allows it: arena (memory) and sys (system calls)
 #![deny(unsafe_code)]
@@ -26,5 +27,6 @@ pub mod key;
 pub mod log;
 pub mod run;
 pub mod s3;
+pub mod sync;
 pub mod sys;
 pub mod upload;

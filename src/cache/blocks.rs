@@ -11,7 +11,7 @@
 //! disk instead of dropped, and a miss looks there before asking S3.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
@@ -19,6 +19,7 @@ use super::spill::{block_aad, Spill};
 use crate::arena::{Arena, LockedBuf};
 use crate::error::{FsError, FsResult};
 use crate::s3::{ObjectInfo, ObjectStore, ReadSource, S3Error, S3Result, Sealing};
+use crate::sync::{rank, Mutex};
 
 /// Block size for sequential reads and read-ahead.
 pub const LARGE_BLOCK: u64 = 1 << 20;
@@ -71,7 +72,7 @@ pub struct BlockCache {
     store: Arc<dyn ObjectStore>,
     arena: Arena,
     budget: u64,
-    lru: Mutex<Lru>,
+    lru: Mutex<Lru, { rank::CACHE }>,
     spill: Option<Spill>,
 }
 
@@ -152,7 +153,7 @@ impl BlockCache {
 
     /// The cell of `id` (new if absent) and the blocks evicted to make room for it.
     fn cell(&self, id: &BlockId) -> (Cell, Vec<(BlockId, Cell)>) {
-        let mut lru = self.lru.lock().unwrap();
+        let mut lru = self.lru.lock();
         lru.tick += 1;
         let tick = lru.tick;
         if let Some((cell, old)) = lru.map.get(id).map(|(c, t)| (c.clone(), *t)) {
@@ -179,7 +180,7 @@ impl BlockCache {
     }
 
     fn forget(&self, id: &BlockId) {
-        let mut lru = self.lru.lock().unwrap();
+        let mut lru = self.lru.lock();
         if let Some((_, tick)) = lru.map.remove(id) {
             lru.order.remove(&tick);
             lru.bytes -= id.block_size;
@@ -191,7 +192,7 @@ impl BlockCache {
         if let Some(spill) = &self.spill {
             spill.forget_clean(key);
         }
-        let mut lru = self.lru.lock().unwrap();
+        let mut lru = self.lru.lock();
         let victims: Vec<BlockId> = lru.map.keys().filter(|id| id.key == key).cloned().collect();
         for id in victims {
             if let Some((_, tick)) = lru.map.remove(&id) {
@@ -342,7 +343,7 @@ impl BlockCache {
                 block_size,
                 index: i,
             };
-            if self.lru.lock().unwrap().map.contains_key(&id) {
+            if self.lru.lock().map.contains_key(&id) {
                 // a gap (a block already cached or coming) ends the run
                 start(std::mem::take(&mut run));
                 continue;
@@ -421,7 +422,7 @@ impl BlockCache {
             block_size,
             index,
         };
-        self.lru.lock().unwrap().map.contains_key(&id)
+        self.lru.lock().map.contains_key(&id)
     }
 
     /// The block size a random read at `offset` uses: the large block when it is cached
@@ -645,7 +646,7 @@ mod tests {
         }
         const OBJECTS: usize = 4;
         let mem = MemStore::new("k");
-        let versions: Arc<Mutex<Vec<(ObjectRef, u64)>>> = Arc::default();
+        let versions: Arc<std::sync::Mutex<Vec<(ObjectRef, u64)>>> = Arc::default();
         for o in 0..OBJECTS {
             let len = (3 * LARGE_BLOCK as usize) + o * 10_000;
             mem.put(
@@ -744,7 +745,7 @@ mod tests {
         .expect("no deadlock");
         let ok: u32 = all.iter().map(|r| r.as_ref().unwrap().0).sum();
         assert!(ok > 1000, "only {ok} reads succeeded");
-        let lru = cache.lru.lock().unwrap();
+        let lru = cache.lru.lock();
         assert_eq!(lru.map.len(), lru.order.len());
         let held: u64 = lru.map.keys().map(|id| id.block_size).sum();
         assert_eq!(lru.bytes, held, "byte accounting");

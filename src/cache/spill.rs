@@ -35,12 +35,13 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aes_gcm::aead::{AeadInPlace, KeyInit, OsRng};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
 use crate::arena::{Arena, LockedBuf};
+use crate::sync::{rank, Mutex};
 
 /// Bytes of the GCM tag stored after each slot's ciphertext.
 pub const TAG_LEN: u64 = 16;
@@ -135,7 +136,7 @@ struct Inner {
     key: LockedBuf,
     nonce_prefix: [u8; 4],
     counter: AtomicU64,
-    state: Mutex<State>,
+    state: Mutex<State, { rank::SPILL }>,
     tamper_logged: AtomicBool,
     seals: AtomicU64,
     opened_bytes: AtomicU64,
@@ -309,7 +310,7 @@ impl Spill {
 
     /// Current counters.
     pub fn stats(&self) -> SpillStats {
-        let st = self.inner.state.lock().unwrap();
+        let st = self.inner.state.lock();
         SpillStats {
             bytes: st.bytes,
             clean_blocks: st.clean.len(),
@@ -323,7 +324,7 @@ impl Spill {
     /// error just drops it, S3 still has it). `class` is the block size.
     pub async fn put_clean(&self, aad: Vec<u8>, class: u64, buf: LockedBuf) {
         {
-            let mut st = self.inner.state.lock().unwrap();
+            let mut st = self.inner.state.lock();
             st.tick += 1;
             let tick = st.tick;
             if let Some((_, old)) = st.clean.get(&aad).map(|(s, t)| (*s, *t)) {
@@ -342,7 +343,7 @@ impl Spill {
         .await;
         match r {
             Ok((me, aad, Ok(sealed))) => {
-                let mut st = me.inner.state.lock().unwrap();
+                let mut st = me.inner.state.lock();
                 st.tick += 1;
                 let tick = st.tick;
                 if let Some((dup, old)) = st.clean.insert(aad.clone(), (sealed, tick)) {
@@ -396,7 +397,7 @@ impl Spill {
 
     /// Where the clean block `aad` is sealed, marking it recently used.
     fn lookup(&self, aad: &[u8]) -> Option<Sealed> {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.lock();
         let (sealed, old) = *st.clean.get(aad)?;
         st.tick += 1;
         let tick = st.tick;
@@ -410,7 +411,7 @@ impl Spill {
     /// dropped or resealed meanwhile, its slot may hold another block now, so the failure
     /// says nothing about the disk and is not reported.
     fn failed<T>(&self, aad: &[u8], sealed: Sealed, e: &SpillError) -> Option<T> {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.lock();
         if let Some((s, t)) = st.clean.get(aad).copied() {
             if s == sealed {
                 st.clean.remove(aad);
@@ -426,7 +427,7 @@ impl Spill {
     /// Drop every clean block of object `key` (it was overwritten or deleted).
     pub fn forget_clean(&self, key: &str) {
         let prefix = block_key_prefix(key);
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.lock();
         let victims: Vec<Vec<u8>> = st
             .clean
             .keys()
@@ -509,7 +510,7 @@ impl Spill {
     /// by dropping least-recently-used clean blocks.
     fn reserve(&self, class: u64) -> Result<(Slot, Arc<File>), SpillError> {
         let stride = slot_len(class);
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.lock();
         loop {
             if let Some(c) = st.classes.get_mut(&class) {
                 if let Some(index) = c.free.pop_first() {
@@ -602,12 +603,12 @@ impl Spill {
         if let Err(e) = file.write_all_at(&out, sealed.offset()) {
             self.decrypt_chunks(&cipher, sealed, aad, 0, &out, &mut buf)
                 .expect("our own ciphertext opens");
-            let mut st = self.inner.state.lock().unwrap();
+            let mut st = self.inner.state.lock();
             self.free_slot(&mut st, slot);
             return Err((e.into(), buf));
         }
         if dirty {
-            self.inner.state.lock().unwrap().dirty += 1;
+            self.inner.state.lock().dirty += 1;
         }
         self.inner.seals.fetch_add(1, Ordering::Relaxed);
         // `buf` now holds ciphertext; dropping it wipes it and returns the memory.
@@ -624,7 +625,7 @@ impl Spill {
         mut buf: LockedBuf,
     ) -> Result<LockedBuf, SpillError> {
         let file = {
-            let st = self.inner.state.lock().unwrap();
+            let st = self.inner.state.lock();
             st.classes
                 .get(&sealed.slot.class)
                 .map(|c| c.file.clone())
@@ -719,7 +720,7 @@ impl SealedPart {
 
 impl Drop for SealedPart {
     fn drop(&mut self) {
-        let mut st = self.spill.inner.state.lock().unwrap();
+        let mut st = self.spill.inner.state.lock();
         st.dirty -= 1;
         self.spill.free_slot(&mut st, self.sealed.slot);
     }

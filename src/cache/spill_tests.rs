@@ -18,7 +18,7 @@ async fn filled(arena: &Arena, len: usize, byte: u8) -> LockedBuf {
 impl Spill {
     /// The spill files of this tier (as /proc/PID/fd would give them to an attacker).
     pub(crate) fn files(&self) -> Vec<Arc<File>> {
-        let st = self.inner.state.lock().unwrap();
+        let st = self.inner.state.lock();
         st.classes.values().map(|c| c.file.clone()).collect()
     }
 }
@@ -276,7 +276,7 @@ async fn a_tampered_moved_or_swapped_chunk_is_refused() {
         spill.put_clean(aad.clone(), class, buf).await;
     }
     let file = spill.files().pop().unwrap();
-    let slot = |aad: &[u8]| spill.inner.state.lock().unwrap().clean[aad].0.offset();
+    let slot = |aad: &[u8]| spill.inner.state.lock().clean[aad].0.offset();
     let chunk = |at: u64| {
         let mut c = vec![0u8; STRIDE as usize];
         file.read_exact_at(&mut c, at).unwrap();

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::writeback::FileState;
 use super::{DirEntry, Fs, ReadData};
@@ -15,6 +15,7 @@ use crate::arena::LockedBuf;
 use crate::cache::blocks::{ObjectRef, LARGE_BLOCK, SMALL_BLOCK};
 use crate::error::{FsError, FsResult};
 use crate::s3::S3Error;
+use crate::sync::{rank, Mutex};
 
 /// Per-handle sequential-read detection.
 #[derive(Debug, Default, Clone, Copy)]
@@ -44,7 +45,7 @@ struct Pattern {
 
 /// The open handles. Its lock is a leaf: nothing else is locked while it is held.
 pub(super) struct Handles {
-    table: Mutex<HashMap<u64, Handle>>,
+    table: Mutex<HashMap<u64, Handle>, { rank::LEAF }>,
     next_fh: AtomicU64,
 }
 
@@ -58,7 +59,7 @@ impl Handles {
 
     fn insert(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.table.lock().unwrap().insert(fh, h);
+        self.table.lock().insert(fh, h);
         fh
     }
 
@@ -79,13 +80,13 @@ impl Handles {
 
     /// Forget handle `fh`; whether it was a file opened for writing.
     pub(super) fn release(&self, fh: u64) -> bool {
-        let gone = self.table.lock().unwrap().remove(&fh);
+        let gone = self.table.lock().remove(&fh);
         matches!(gone, Some(Handle::File { write: true, .. }))
     }
 
     /// Entries of directory handle `fh` from `offset` on.
     pub(super) fn dir_entries(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
-        match self.table.lock().unwrap().get(&fh) {
+        match self.table.lock().get(&fh) {
             Some(Handle::Dir { entries }) => Ok(entries
                 .iter()
                 .enumerate()
@@ -99,7 +100,7 @@ impl Handles {
     /// Record a read of `size` bytes at `offset` through `fh`: sequential or random? The
     /// read-ahead window grows for sequential readers, up to `max`. `None`: not a file handle.
     fn note_read(&self, fh: u64, offset: u64, size: u32, max: u64) -> Option<Pattern> {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table.lock();
         let Some(Handle::File { ra, .. }) = table.get_mut(&fh) else {
             return None;
         };

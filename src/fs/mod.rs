@@ -48,8 +48,10 @@
 //!
 //! Leaves, under which nothing else is taken: `Moves::table`, `Namespace::heads`,
 //! `Namespace::warned`, `Handles::table`, `WriteBackQueue::scheduled`,
-//! `WriteBackQueue::failed`, `Persister::in_flight`. The `std::sync::Mutex`es (3 to 5 and the leaves) are never held
-//! across an `.await`, nor while calling into the block cache or the store. The one step
+//! `WriteBackQueue::failed`, `Persister::in_flight`. These `std::sync::Mutex`es (3 to 5 and
+//! the leaves) are never held across an `.await`, nor while calling into the block cache (whose
+//! own locks rank below them all) or the store. They are [`crate::sync::Mutex`]es with their
+//! rank in the type: in debug builds, so in every test, taking one out of this order panics. The one step
 //! against the order, `Files::remove_if_clean` trying a file state while holding the map,
 //! uses `try_lock` and never waits. The write-back and prefetch semaphores are acquired
 //! holding nothing. Waiting for a background rename (`Moves::settle`, which every request

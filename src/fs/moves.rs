@@ -19,7 +19,7 @@
 //! Lock: `Moves::table`, a leaf (`std::sync::Mutex`, never held across an `.await`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -31,6 +31,7 @@ use crate::s3::{
     CompletedPart, CopyRequest, ListPage, ListedObject, Metadata, ObjectInfo, ObjectStore,
     PartSource, PendingUpload, ReadSource, S3Error, S3Result, Sealing,
 };
+use crate::sync::{rank, Mutex, MutexGuard};
 
 /// Moves applied at once (each is a copy then a delete).
 const IN_FLIGHT: usize = 32;
@@ -129,7 +130,7 @@ pub(super) async fn delete_old_name(store: &dyn ObjectStore, key: &str) {
 /// The background rename queue, and the store the rest of the mount uses (see the module).
 pub(super) struct Moves {
     inner: Arc<dyn ObjectStore>,
-    table: Mutex<Table>,
+    table: Mutex<Table, { rank::LEAF }>,
     slots: Arc<Semaphore>,
     room: Arc<Semaphore>,
     part_size: u64,
@@ -148,8 +149,8 @@ impl Moves {
         })
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap()
+    fn table(&self) -> MutexGuard<'_, Table, { rank::LEAF }> {
+        self.table.lock()
     }
 
     /// Moves not stored yet.

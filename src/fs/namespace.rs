@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{OnceCell, Semaphore};
@@ -18,6 +18,7 @@ use super::{valid_listed_name, DirEntry, FsConfig, PLAIN_REFUSED};
 use crate::cache::blocks::{BlockCache, SMALL_BLOCK};
 use crate::error::{FsError, FsResult};
 use crate::s3::{ListPage, ObjectInfo, ObjectStore, S3Error, S3Result, Sealing};
+use crate::sync::{rank, Mutex, MutexGuard};
 use crate::upload::file::Target;
 
 /// One object's attributes, asked once however many lookups want them.
@@ -115,10 +116,10 @@ pub(super) struct Namespace {
     defaults: Defaults,
     attr_ttl: Duration,
     dir_ttl: Duration,
-    table: Mutex<Table>,
-    heads: Mutex<HashMap<String, (Instant, HeadCell)>>,
+    table: Mutex<Table, { rank::TABLE }>,
+    heads: Mutex<HashMap<String, (Instant, HeadCell)>, { rank::LEAF }>,
     prefetch_slots: Arc<PrefetchSlots>,
-    warned: Mutex<HashSet<String>>,
+    warned: Mutex<HashSet<String>, { rank::LEAF }>,
 }
 
 impl Namespace {
@@ -149,8 +150,8 @@ impl Namespace {
     }
 
     /// The inode table, locked. Never held across an `.await`.
-    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap()
+    pub(super) fn table(&self) -> MutexGuard<'_, Table, { rank::TABLE }> {
+        self.table.lock()
     }
 
     // ----- keys and nodes -------------------------------------------------------------
@@ -219,7 +220,7 @@ impl Namespace {
     }
 
     pub(super) fn warn_once(&self, key: &str, what: &str) {
-        if self.warned.lock().unwrap().insert(format!("{what}:{key}")) {
+        if self.warned.lock().insert(format!("{what}:{key}")) {
             tracing::warn!(object = key, "{what}");
         }
     }
@@ -228,7 +229,7 @@ impl Namespace {
 
     pub(super) async fn head_cached(&self, key: &str) -> S3Result<ObjectInfo> {
         let cell = {
-            let mut heads = self.heads.lock().unwrap();
+            let mut heads = self.heads.lock();
             // (a cell holding a transient error is no answer: a prefetch left it there, and
             // the object must not stay unreadable after the network healed)
             let stale_error =
@@ -246,17 +247,17 @@ impl Namespace {
         };
         let r = cell.get(self.store.as_ref(), &self.cache, key).await;
         if matches!(&r, Err(e) if e.is_transient()) {
-            self.heads.lock().unwrap().remove(key);
+            self.heads.lock().remove(key);
         }
         r
     }
 
     pub(super) fn forget_head(&self, key: &str) {
-        self.heads.lock().unwrap().remove(key);
+        self.heads.lock().remove(key);
     }
 
     pub(super) fn forget_all_heads(&self) {
-        self.heads.lock().unwrap().clear();
+        self.heads.lock().clear();
     }
 
     /// Start the HEADs of a listing's files in the background, so the lookups that follow
@@ -272,7 +273,6 @@ impl Namespace {
             if self
                 .heads
                 .lock()
-                .unwrap()
                 .get(&key)
                 .is_some_and(|(at, _)| at.elapsed() < self.attr_ttl)
             {
@@ -283,7 +283,6 @@ impl Namespace {
             let cell = Head::new(if whole { size } else { 0 });
             self.heads
                 .lock()
-                .unwrap()
                 .insert(key.clone(), (Instant::now(), cell.clone()));
             let store = self.store.clone();
             let cache = self.cache.clone();

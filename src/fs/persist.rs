@@ -7,7 +7,6 @@
 //! replaces the file's object server-side (`rebase_clean`, `rebuilt_after`).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -19,6 +18,7 @@ use super::{Fs, META_DELAY};
 use crate::cache::blocks::ObjectRef;
 use crate::error::{FsError, FsResult};
 use crate::s3::{S3Error, Sealing};
+use crate::sync::{rank, Mutex};
 use crate::upload::FileContent;
 
 /// Closed files whose attributes changed but are not on the server yet, and the stores under
@@ -27,10 +27,10 @@ use crate::upload::FileContent;
 pub(super) struct Persister {
     /// Written [`META_DELAY`] after the change, or carried by the copy of a rename made
     /// meanwhile, or on close, fsync and unmount.
-    pending: Mutex<HashSet<u64>>,
+    pending: Mutex<HashSet<u64>, { rank::PENDING }>,
     /// Attribute stores under way (see [`MetaStore`]): `upload_all` waits for them, else the
     /// runtime's shutdown after it could cancel one that had already left `pending`.
-    in_flight: Mutex<usize>,
+    in_flight: Mutex<usize, { rank::LEAF }>,
     settled: Notify,
 }
 
@@ -40,14 +40,14 @@ struct MetaStore<'a>(&'a Persister);
 
 impl<'a> MetaStore<'a> {
     fn start(p: &'a Persister) -> MetaStore<'a> {
-        *p.in_flight.lock().unwrap() += 1;
+        *p.in_flight.lock() += 1;
         MetaStore(p)
     }
 }
 
 impl Drop for MetaStore<'_> {
     fn drop(&mut self) {
-        let mut n = self.0.in_flight.lock().unwrap();
+        let mut n = self.0.in_flight.lock();
         *n -= 1;
         if *n == 0 {
             self.0.settled.notify_waiters();
@@ -58,37 +58,37 @@ impl Drop for MetaStore<'_> {
 impl Persister {
     /// Does `ino` have attributes not on the server yet?
     pub(super) fn is_pending(&self, ino: u64) -> bool {
-        self.pending.lock().unwrap().contains(&ino)
+        self.pending.lock().contains(&ino)
     }
 
     /// Mark `ino`'s attributes as not on the server yet; false when they already were.
     fn mark(&self, ino: u64) -> bool {
-        self.pending.lock().unwrap().insert(ino)
+        self.pending.lock().insert(ino)
     }
 
     /// Take `ino` out of the set to store its attributes; false when it was not in it.
     fn take(&self, ino: u64) -> bool {
-        self.pending.lock().unwrap().remove(&ino)
+        self.pending.lock().remove(&ino)
     }
 
     /// `ino`'s pending attributes are on the server now (carried by a copy) or moot.
     pub(super) fn settle(&self, ino: u64) {
-        self.pending.lock().unwrap().remove(&ino);
+        self.pending.lock().remove(&ino);
     }
 
     pub(super) fn pending_inos(&self) -> Vec<u64> {
-        self.pending.lock().unwrap().iter().copied().collect()
+        self.pending.lock().iter().copied().collect()
     }
 
     pub(super) fn count(&self) -> usize {
-        self.pending.lock().unwrap().len()
+        self.pending.lock().len()
     }
 
     /// Until no attribute store is under way.
     pub(super) async fn stores_settled(&self) {
         loop {
             let settled = self.settled.notified();
-            if *self.in_flight.lock().unwrap() == 0 {
+            if *self.in_flight.lock() == 0 {
                 return;
             }
             settled.await;

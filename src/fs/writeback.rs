@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
 
@@ -19,6 +19,7 @@ use super::{Fs, WriteBack};
 use crate::cache::blocks::ObjectRef;
 use crate::error::{FsError, FsResult};
 use crate::s3::Sealing;
+use crate::sync::{rank, Mutex};
 use crate::upload::FileContent;
 
 /// One file's in-memory state. Locked (a `tokio::sync::Mutex`) across its uploads.
@@ -30,49 +31,49 @@ pub(super) type HeldFile = OwnedMutexGuard<FileContent>;
 /// the attribute persister's set; no file state is waited for while the map is locked.
 #[derive(Default)]
 pub(super) struct Files {
-    map: Mutex<HashMap<u64, FileState>>,
+    map: Mutex<HashMap<u64, FileState>, { rank::FILES }>,
 }
 
 impl Files {
     pub(super) fn get(&self, ino: u64) -> Option<FileState> {
-        self.map.lock().unwrap().get(&ino).cloned()
+        self.map.lock().get(&ino).cloned()
     }
 
     pub(super) fn contains(&self, ino: u64) -> bool {
-        self.map.lock().unwrap().contains_key(&ino)
+        self.map.lock().contains_key(&ino)
     }
 
     pub(super) fn insert(&self, ino: u64, file: FileContent) {
         let file = Arc::new(tokio::sync::Mutex::new(file));
-        self.map.lock().unwrap().insert(ino, file);
+        self.map.lock().insert(ino, file);
     }
 
     /// `ino`'s state, made by `make` when it has none.
     fn get_or_insert_with(&self, ino: u64, make: impl FnOnce() -> FileContent) -> FileState {
-        let mut map = self.map.lock().unwrap();
+        let mut map = self.map.lock();
         map.entry(ino)
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(make())))
             .clone()
     }
 
     pub(super) fn inos(&self) -> Vec<u64> {
-        self.map.lock().unwrap().keys().copied().collect()
+        self.map.lock().keys().copied().collect()
     }
 
     /// The inodes with a state for which `keep` holds (called with the map locked).
     pub(super) fn inos_where(&self, keep: impl Fn(u64) -> bool) -> Vec<u64> {
-        let map = self.map.lock().unwrap();
+        let map = self.map.lock();
         map.keys().copied().filter(|&ino| keep(ino)).collect()
     }
 
     pub(super) fn states(&self) -> Vec<FileState> {
-        self.map.lock().unwrap().values().cloned().collect()
+        self.map.lock().values().cloned().collect()
     }
 
     /// Forget `ino`'s state when it is clean and nobody holds it (`try_lock`: the map's lock
     /// never waits for a file's).
     fn remove_if_clean(&self, ino: u64) {
-        let mut map = self.map.lock().unwrap();
+        let mut map = self.map.lock();
         if let Some(f) = map.get(&ino) {
             if f.try_lock().is_ok_and(|f| !f.is_dirty()) {
                 map.remove(&ino);
@@ -104,10 +105,10 @@ impl Files {
 
 /// Write-back state: files waiting for their delayed upload, failures to report.
 pub(super) struct WriteBackQueue {
-    scheduled: Mutex<HashSet<u64>>,
+    scheduled: Mutex<HashSet<u64>, { rank::LEAF }>,
     bytes: AtomicU64,
     drained: Notify,
-    failed: Mutex<HashMap<u64, FsError>>,
+    failed: Mutex<HashMap<u64, FsError>, { rank::LEAF }>,
     slots: Arc<Semaphore>,
 }
 
@@ -134,20 +135,20 @@ impl WriteBackQueue {
     }
 
     pub(super) fn take_failure(&self, ino: u64) -> Option<FsError> {
-        self.failed.lock().unwrap().remove(&ino)
+        self.failed.lock().remove(&ino)
     }
 
     pub(super) fn record_failure(&self, ino: u64, e: FsError) {
-        self.failed.lock().unwrap().insert(ino, e);
+        self.failed.lock().insert(ino, e);
     }
 
     pub(super) fn failure_count(&self) -> usize {
-        self.failed.lock().unwrap().len()
+        self.failed.lock().len()
     }
 
     /// The failed uploads, by inode, with the error.
     pub(super) fn failures(&self) -> Vec<(u64, String)> {
-        let failed = self.failed.lock().unwrap();
+        let failed = self.failed.lock();
         failed
             .iter()
             .map(|(ino, e)| (*ino, e.to_string()))
@@ -248,7 +249,7 @@ impl Fs {
             f.trim_reserve();
             f.buffered_bytes() as u64
         };
-        if !self.wb.scheduled.lock().unwrap().insert(ino) {
+        if !self.wb.scheduled.lock().insert(ino) {
             return;
         }
         self.wb.bytes.fetch_add(bytes, Ordering::AcqRel);
@@ -256,7 +257,7 @@ impl Fs {
         tokio::spawn(async move {
             tokio::time::sleep(wb.delay).await;
             let slot = me.wb.slots.clone().acquire_owned().await;
-            me.wb.scheduled.lock().unwrap().remove(&ino);
+            me.wb.scheduled.lock().remove(&ino);
             let result = me.upload_ino(ino).await;
             drop(slot);
             me.wb.bytes.fetch_sub(bytes, Ordering::AcqRel);
