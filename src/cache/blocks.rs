@@ -585,7 +585,11 @@ mod tests {
                     .unwrap();
                 assert_eq!(&out[..], &data[(i * SMALL_BLOCK) as usize..][..out.len()]);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            // the seals of evicted blocks are spawned tasks: wait for all of them
+            let metrics = tokio::runtime::Handle::current().metrics();
+            while metrics.num_alive_tasks() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
         }
         assert!(spill.stats().clean_blocks > 0);
         // first pass: 64 GETs; second: the evicted half came from the spill tier

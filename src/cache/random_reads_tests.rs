@@ -27,12 +27,13 @@ async fn random_read(cache: &BlockCache, obj: &ObjectRef, offset: u64, out: &mut
     out.copy_from_slice(&b[range]);
 }
 
-/// Wait until the background seals of evicted blocks are done.
-async fn settle(spill: &Spill) {
-    let mut last = u64::MAX;
-    while spill.stats().seals != last {
-        last = spill.stats().seals;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Wait until the background seals of evicted blocks are done: each is a spawned task, so
+/// until the runtime has none left (a seal in a debug build takes over 200 ms on a slow
+/// machine: waiting for the count to stop moving for 100 ms returned before it was done).
+async fn settle() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    while metrics.num_alive_tasks() > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -53,7 +54,7 @@ async fn random_reads_beyond_the_cache() {
     for off in (0..size).step_by(buf.len()) {
         cache.read(&obj, off, &mut buf, LARGE_BLOCK).await.unwrap();
     }
-    settle(&spill).await;
+    settle().await;
     let (gets0, s0) = (mem.counts()["get"], spill.stats());
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
     let mut out = [0u8; 4096];
@@ -64,7 +65,7 @@ async fn random_reads_beyond_the_cache() {
         assert!(out[..] == data[off as usize..][..4096], "bytes at {off}");
     }
     let secs = started.elapsed().as_secs_f64();
-    settle(&spill).await;
+    settle().await;
     let s1 = spill.stats();
     let gets = mem.counts()["get"] - gets0;
     println!(
@@ -103,7 +104,7 @@ async fn half_spilled() -> (
         let off = i * LARGE_BLOCK;
         cache.read(&obj, off, &mut out, LARGE_BLOCK).await.unwrap();
     }
-    settle(&spill).await;
+    settle().await;
     assert_eq!(spill.stats().seals, 2);
     assert_eq!(mem.counts()["get"], 4);
     (mem, obj, data, cache, spill, dir)
@@ -117,7 +118,7 @@ async fn random_reads_of_spilled_blocks_neither_fetch_nor_cache_them() {
         random_read(&cache, &obj, off, &mut out).await;
         assert!(out[..] == data[off as usize..][..4096], "bytes at {off}");
     }
-    settle(&spill).await;
+    settle().await;
     assert_eq!(mem.counts()["get"], 4, "no GET");
     assert_eq!(spill.stats().seals, 2, "nothing evicted, nothing sealed");
     assert_eq!(
@@ -166,7 +167,7 @@ async fn a_block_evicted_again_is_not_sealed_again() {
         let off = i * LARGE_BLOCK;
         cache.read(&obj, off, &mut out, LARGE_BLOCK).await.unwrap();
         assert!(out[..] == data[off as usize..][..out.len()]);
-        settle(&spill).await;
+        settle().await;
     }
     assert_eq!(spill.stats().seals, 4, "each block sealed once");
     assert_eq!(mem.counts()["get"], 4, "and fetched once");
