@@ -47,6 +47,8 @@ struct State {
     counts: BTreeMap<&'static str, u64>,
     /// How long a copy's reply takes after the copy took effect (see `delay_copy_replies`).
     copy_reply_delay: std::time::Duration,
+    /// A part number whose uploads wait for a permit of this gate (see `hold_part`).
+    held_part: Option<(i32, Arc<tokio::sync::Semaphore>)>,
 }
 
 /// Shared in-memory bucket. Clone to get another client on the same data.
@@ -77,6 +79,14 @@ impl MemStore {
             state: self.state.clone(),
             ring: fps.iter().map(|f| f.to_string()).collect(),
         }
+    }
+
+    /// Make the uploads of part `number` wait until the returned gate gets a permit: a part
+    /// slower than the ones after it, as on a real link.
+    pub fn hold_part(&self, number: i32) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.state.lock().unwrap().held_part = Some((number, gate.clone()));
+        gate
     }
 
     /// Make every CopyObject answer `delay` after it took effect, as a real server's reply
@@ -344,6 +354,13 @@ impl ObjectStore for MemStore {
         number: i32,
         body: Bytes,
     ) -> S3Result<CompletedPart> {
+        let gate = match &self.state.lock().unwrap().held_part {
+            Some((n, gate)) if *n == number => Some(gate.clone()),
+            _ => None,
+        };
+        if let Some(gate) = gate {
+            drop(gate.acquire().await);
+        }
         let mut st = self.state.lock().unwrap();
         Self::count(&mut st, "upload_part");
         *st.counts.entry("bytes_up").or_default() += body.len() as u64;

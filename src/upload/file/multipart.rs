@@ -54,7 +54,7 @@ impl Streaming {
         self.in_flight.contains_key(&idx) || self.done.contains_key(&idx)
     }
 
-    /// Wait for in-flight parts; failed parts give their buffer back. A part whose task died
+    /// Wait until at most `keep` parts are in flight; failed parts give their buffer back. A part whose task died
     /// (panicked) took its only copy of the data with it: that is returned as the poison.
     pub(super) async fn settle(
         &mut self,
@@ -63,9 +63,13 @@ impl Streaming {
     ) -> Option<String> {
         let mut poison = None;
         while self.in_flight.len() > keep {
-            let (&idx, _) = self.in_flight.iter().next().unwrap();
-            let handle = self.in_flight.remove(&idx).unwrap();
-            match handle.await {
+            // whichever part finishes first frees its place, not the oldest: waiting for the
+            // oldest would let the whole window drain behind one slow part (at 60 ms RTT,
+            // a round trip of idle link per window)
+            let (joined, at, _) = futures::future::select_all(self.in_flight.values_mut()).await;
+            let idx = *self.in_flight.keys().nth(at).unwrap();
+            self.in_flight.remove(&idx);
+            match joined {
                 Ok((i, Ok(part), _buf)) => {
                     self.done.insert(i, part);
                 }

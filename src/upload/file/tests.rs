@@ -76,6 +76,30 @@ async fn sequential_big_write_streams_parts() {
     assert!(data.iter().all(|&b| b == 7));
 }
 
+/// A slow part holds only its own place among the parts in flight: the writer goes on while
+/// later parts finish (waiting for the oldest part first left the window to drain behind it).
+#[tokio::test]
+async fn a_slow_part_does_not_stall_the_parts_after_it() {
+    let mem = MemStore::new("k");
+    let c = ctx(&mem);
+    let gate = mem.hold_part(1);
+    let mut f = FileContent::new(None, &c.config);
+    let t = target("slow");
+    let parts = 3 * c.config.part_concurrency as u64;
+    let expect: Vec<u8> = (0..parts * P).map(|i| (i % 253) as u8).collect();
+    let write = async {
+        for (i, piece) in expect.chunks(1 << 20).enumerate() {
+            f.write(&c, &t, (i as u64) << 20, piece).await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), write)
+        .await
+        .expect("the writer must not wait for part 1 while the later parts finish");
+    gate.add_permits(1);
+    f.flush(&c, &t).await.unwrap();
+    assert_eq!(mem.raw("slow").unwrap(), expect);
+}
+
 #[tokio::test]
 async fn one_byte_edit_of_big_object_uploads_one_part() {
     let mem = MemStore::new("k");
