@@ -585,11 +585,7 @@ mod tests {
                     .unwrap();
                 assert_eq!(&out[..], &data[(i * SMALL_BLOCK) as usize..][..out.len()]);
             }
-            // the seals of evicted blocks are spawned tasks: wait for all of them
-            let metrics = tokio::runtime::Handle::current().metrics();
-            while metrics.num_alive_tasks() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            super::random_reads_tests::settle().await;
         }
         assert!(spill.stats().clean_blocks > 0);
         // first pass: 64 GETs; second: the evicted half came from the spill tier

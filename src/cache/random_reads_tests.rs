@@ -30,7 +30,7 @@ async fn random_read(cache: &BlockCache, obj: &ObjectRef, offset: u64, out: &mut
 /// Wait until the background seals of evicted blocks are done: each is a spawned task, so
 /// until the runtime has none left (a seal in a debug build takes over 200 ms on a slow
 /// machine: waiting for the count to stop moving for 100 ms returned before it was done).
-async fn settle() {
+pub(super) async fn settle() {
     let metrics = tokio::runtime::Handle::current().metrics();
     while metrics.num_alive_tasks() > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
