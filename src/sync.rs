@@ -1,10 +1,11 @@
 //! Mutexes that know their place in the lock order (`fs/mod.rs`, "Lock order").
 //!
 //! Why: a deadlock between two locks taken in opposite orders shows up only under an unlucky
-//! interleaving, which a test rarely hits. In debug builds (every `cargo test`) each thread
-//! keeps the ranks of the locks it holds, and taking a lock whose rank is not above all of them
-//! panics at once, naming both: every path the suite runs checks the order, whatever the
-//! timing. Release builds are plain `std::sync::Mutex`es.
+//! interleaving, which a test rarely hits. In debug builds and in the unit tests (also under
+//! `cargo test --release`, as CI runs them) each thread keeps the ranks of the locks it holds,
+//! and taking a lock whose rank is not above all of them panics at once, naming both: every
+//! path the suite runs checks the order, whatever the timing. The release binary has plain
+//! `std::sync::Mutex`es.
 //!
 //! Only the `std::sync::Mutex`es are ranked: they are never held across an `.await`, so a
 //! thread-local record is exact (a guard is `!Send`, it cannot move to another thread). The
@@ -52,7 +53,7 @@ pub struct Mutex<T, const RANK: u8> {
 /// A held [`Mutex`]; dropping it releases the lock and its entry in the thread's record.
 pub struct MutexGuard<'a, T, const RANK: u8> {
     inner: std::sync::MutexGuard<'a, T>,
-    #[cfg(debug_assertions)]
+    #[cfg(any(debug_assertions, test))]
     _held: held::Entry,
 }
 
@@ -63,17 +64,17 @@ impl<T, const RANK: u8> Mutex<T, RANK> {
         }
     }
 
-    /// Take the lock; in debug builds, panic first if the thread holds a lock of equal or
+    /// Take the lock; in debug builds and unit tests, panic first if the thread holds a lock of equal or
     /// higher rank.
     pub fn lock(&self) -> MutexGuard<'_, T, RANK> {
-        #[cfg(debug_assertions)]
+        #[cfg(any(debug_assertions, test))]
         held::check(RANK, std::any::type_name::<T>());
         let inner = self.inner.lock().unwrap_or_else(|_| {
             panic!("{} was poisoned by a panic", rank::name(RANK));
         });
         MutexGuard {
             inner,
-            #[cfg(debug_assertions)]
+            #[cfg(any(debug_assertions, test))]
             _held: held::Entry::new(RANK, std::any::type_name::<T>()),
         }
     }
@@ -97,8 +98,8 @@ impl<T, const RANK: u8> DerefMut for MutexGuard<'_, T, RANK> {
     }
 }
 
-/// The thread's record of the ranked locks it holds (debug builds only).
-#[cfg(debug_assertions)]
+/// The thread's record of the ranked locks it holds (debug builds and unit tests only).
+#[cfg(any(debug_assertions, test))]
 mod held {
     use std::cell::RefCell;
 
@@ -165,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg(debug_assertions)]
+    #[cfg(any(debug_assertions, test))]
     #[should_panic(expected = "lock order violated: taking Namespace::table")]
     fn a_lower_rank_under_a_higher_one_panics() {
         let table = Mutex::<(), { rank::TABLE }>::new(());
@@ -175,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg(debug_assertions)]
+    #[cfg(any(debug_assertions, test))]
     #[should_panic(expected = "while holding a leaf lock")]
     fn nothing_is_taken_under_a_leaf() {
         let a = Mutex::<(), { rank::LEAF }>::new(());
@@ -185,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg(debug_assertions)]
+    #[cfg(any(debug_assertions, test))]
     fn a_violation_leaves_the_record_clean() {
         let table = Mutex::<(), { rank::TABLE }>::new(());
         let files = Mutex::<(), { rank::FILES }>::new(());
