@@ -485,9 +485,11 @@ impl Fs {
             let target = self.names.target(ino)?;
             f.write(&self.wctx, &target, offset, data).await?;
         }
+        // recorded before the state is let go: whoever takes it next (an attribute copy) and
+        // then reads the inode finds the size this state has
         let size = f.size();
-        drop(f);
         self.names.update(ino, |n| n.attr.size = size);
+        drop(f);
         Ok(data.len() as u32)
     }
 

@@ -193,7 +193,7 @@ impl Fs {
         }
         match attr.kind {
             Kind::Dir => self.store_dir_marker(ino, attr).await,
-            _ if node.remote => self.copy_onto_itself(ino, &node, attr).await,
+            _ if node.remote => self.copy_onto_itself(ino).await,
             _ => Ok(()),
         }
     }
@@ -212,11 +212,21 @@ impl Fs {
     /// A closed file's attributes: a copy of its object onto itself, holding its in-memory
     /// state (if any) until that state is based on the copy. A file being written instead
     /// folds them into the upload its close makes.
-    async fn copy_onto_itself(&self, ino: u64, node: &Node, attr: &Attr) -> FsResult<()> {
+    ///
+    /// The file's size and attributes are read only once its state is held: a write and a
+    /// flush (another process's close) that went first may have grown the object, and a copy
+    /// recorded with the size seen before would make the next append leave zeros between.
+    async fn copy_onto_itself(&self, ino: u64) -> FsResult<()> {
         let mut held = self.files.lock(ino).await;
         if let Some(f) = held.as_deref_mut().filter(|f| f.is_dirty()) {
             f.mark_meta_changed();
             return Ok(());
+        }
+        let node = self.names.node(ino)?;
+        let mut attr = node.attr;
+        if let Some(f) = held.as_deref() {
+            // clean: the state's size is the object's
+            attr.size = f.size();
         }
         let key = self.names.file_key(ino)?;
         let etag = crate::s3::copy_any_size(
