@@ -584,9 +584,8 @@ impl Fs {
         // storing attributes copies the object under this mount's key: not for a plain one
         self.check_sealed(ino, &node, true)?;
         let now = SystemTime::now();
-        let (mut attr, meta_changed) = set.applied_to(&node.attr, now);
         if let Some(size) = set.size {
-            match attr.kind {
+            match node.attr.kind {
                 Kind::File => {}
                 Kind::Dir => return Err(FsError::IsDir),
                 _ => return Err(FsError::Invalid("only a regular file has a size to set")),
@@ -597,12 +596,21 @@ impl Fs {
                 .await
                 .truncate(&self.wctx, &target, size)
                 .await?;
-            attr.size = size;
-            attr.mtime = set.mtime.unwrap_or(now);
-            attr.ctime = now;
         }
-        self.names
-            .update(ino, |n| n.attr = attr.clone())
+        // Applied to the inode as it is now, not to `node`: a truncate waited above, and a
+        // chmod or a write of another process meanwhile must not be undone by this one.
+        let (attr, meta_changed) = self
+            .names
+            .update(ino, |n| {
+                let (mut attr, meta_changed) = set.applied_to(&n.attr, now);
+                if let Some(size) = set.size {
+                    attr.size = size;
+                    attr.mtime = set.mtime.unwrap_or(now);
+                    attr.ctime = now;
+                }
+                n.attr = attr.clone();
+                (attr, meta_changed)
+            })
             .ok_or(FsError::BadHandle)?;
         let truncated = set.size.is_some();
         self.persist_attr_change(ino, &node, &attr, meta_changed, truncated)

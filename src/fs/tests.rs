@@ -636,6 +636,45 @@ async fn an_attribute_copy_waiting_behind_a_write_and_flush_keeps_what_they_stor
     assert_eq!(read_all(&fresh, ino).await, b"base\nxyz", "on the server");
 }
 
+/// setattr read the node, waited (a truncate waits for the file's state), then wrote back the
+/// whole snapshot: a chmod by another process meanwhile was undone, in the inode and on the
+/// server (and a write's new size could shrink back the same way). Each setattr must change
+/// only the attributes it sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncate_waiting_for_the_file_keeps_a_chmod_made_meanwhile() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    let ino = write_file(&fs, ROOT, "f", b"0123456789").await;
+    let fh = fs.open(ino, true, false).await.unwrap();
+    fs.write(ino, 10, b"ab").await.unwrap();
+    let held = fs.files.lock(ino).await.expect("a state being written");
+    let setattr = |set: SetAttr| {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.setattr(ino, set).await })
+    };
+    let truncate = setattr(SetAttr {
+        size: Some(4),
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let chmod = setattr(SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(held);
+    truncate.await.unwrap().unwrap();
+    chmod.await.unwrap().unwrap();
+    let attr = fs.getattr(ino).await.unwrap();
+    assert_eq!((attr.perm, attr.size), (0o600, 4), "through the mount");
+    fs.flush(ino).await.unwrap();
+    fs.release(ino, fh).await.unwrap();
+    let fresh = fs_on(&mem);
+    let (ino, attr) = fresh.lookup(ROOT, "f").await.unwrap();
+    assert_eq!(attr.perm, 0o600, "on the server");
+    assert_eq!(read_all(&fresh, ino).await, b"0123");
+}
+
 /// A file open for writing whose object was replaced behind this mount's back while it had
 /// nothing unsaved (here: attribute copies by another client, so the ETag moved): reads and
 /// the next write use the object as it is now instead of failing.
