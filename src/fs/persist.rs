@@ -209,15 +209,33 @@ impl Fs {
         Ok(())
     }
 
-    /// A closed file's attributes: a copy of its object onto itself, holding its in-memory
-    /// state (if any) until that state is based on the copy. A file being written instead
+    /// A closed file's attributes: a copy of its object onto itself, holding the file's
+    /// in-memory state until that state is based on the copy. A file being written instead
     /// folds them into the upload its close makes.
     ///
-    /// The file's size and attributes are read only once its state is held: a write and a
-    /// flush (another process's close) that went first may have grown the object, and a copy
-    /// recorded with the size seen before would make the next append leave zeros between.
+    /// A file with no state gets a clean one for the copy, so that a writer opening it
+    /// meanwhile waits and builds on the copy: built on the object the copy replaces, it
+    /// could not read the parts it had not loaded yet, and its changes could not be uploaded.
     async fn copy_onto_itself(&self, ino: u64) -> FsResult<()> {
-        let mut held = self.files.lock(ino).await;
+        let is_file = self.names.node(ino)?.attr.kind == Kind::File;
+        let made = is_file && !self.files.contains(ino);
+        let held = if is_file {
+            Some(self.dirty_file(ino).await?.lock_owned().await)
+        } else {
+            self.files.lock(ino).await // a symlink or special file has none
+        };
+        let result = self.copy_holding(ino, held).await;
+        if made {
+            self.drop_if_closed(ino);
+        }
+        result
+    }
+
+    /// The copy of `copy_onto_itself`, holding the state `f`. The file's size and attributes
+    /// are read only now: a write and a flush (another process's close) that went first may
+    /// have grown the object, and a copy recorded with the size seen before would make the
+    /// next append leave zeros between.
+    async fn copy_holding(&self, ino: u64, mut held: Option<HeldFile>) -> FsResult<()> {
         if let Some(f) = held.as_deref_mut().filter(|f| f.is_dirty()) {
             f.mark_meta_changed();
             return Ok(());
@@ -225,8 +243,7 @@ impl Fs {
         let node = self.names.node(ino)?;
         let mut attr = node.attr;
         if let Some(f) = held.as_deref() {
-            // clean: the state's size is the object's
-            attr.size = f.size();
+            attr.size = f.size(); // clean: the state's size is the object's
         }
         let key = self.names.file_key(ino)?;
         let etag = crate::s3::copy_any_size(

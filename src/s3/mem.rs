@@ -49,6 +49,8 @@ struct State {
     copy_reply_delay: std::time::Duration,
     /// A part number whose uploads wait for a permit of this gate (see `hold_part`).
     held_part: Option<(i32, Arc<tokio::sync::Semaphore>)>,
+    /// CopyObjects wait for a permit of this gate before they take effect (`hold_copies`).
+    held_copies: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Shared in-memory bucket. Clone to get another client on the same data.
@@ -86,6 +88,15 @@ impl MemStore {
     pub fn hold_part(&self, number: i32) -> Arc<tokio::sync::Semaphore> {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         self.state.lock().unwrap().held_part = Some((number, gate.clone()));
+        gate
+    }
+
+    /// Make every CopyObject wait, before it takes effect, until the returned gate gets a
+    /// permit (one per copy): a copy whose request is still on its way while other requests
+    /// are answered.
+    pub fn hold_copies(&self) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.state.lock().unwrap().held_copies = Some(gate.clone());
         gate
     }
 
@@ -254,6 +265,10 @@ impl ObjectStore for MemStore {
     }
 
     async fn copy(&self, req: &CopyRequest<'_>) -> S3Result<String> {
+        let gate = self.state.lock().unwrap().held_copies.clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.expect("never closed").forget();
+        }
         let (etag, delay) = {
             let mut st = self.state.lock().unwrap();
             Self::count(&mut st, "copy");
