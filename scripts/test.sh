@@ -160,27 +160,26 @@ case ${SSECFS_TEST_DEB:-} in
 	;;
 esac
 log_suffix=" Log: $log"
-body=${summary%"$log_suffix"}
-body=${body%.}
+# Add one stage's outcome to the summary line (before its " Log: ..."); a failed stage sets the
+# exit status (unless an earlier one did) and makes the line a FAILED one.
+add_stage() { # stage-exit-status text
+	summary="${summary%"$log_suffix"}"
+	summary="${summary%.}; $2.$log_suffix"
+	if (($1 != 0)); then
+		((rc != 0)) || rc=$1
+		[[ $summary == "test.sh: FAILED: "* ]] || summary="test.sh: FAILED: ${summary#test.sh: }"
+	fi
+}
 if [[ -n $deb_why ]]; then
-	summary="$body; the Debian package test was skipped ($deb_why).$log_suffix"
+	add_stage 0 "the Debian package test was skipped ($deb_why)"
 else
 	echo "test.sh: the Debian package (scripts/test-deb.sh)" >&2
 	deb_rc=0
 	scripts/test-deb.sh 2>&1 | tee -a "$log" || deb_rc=${PIPESTATUS[0]}
 	deb_last=$(grep -E '^test-deb.sh: (passed|FAILED)' "$log" | tail -n 1 || true)
 	deb_last=${deb_last#test-deb.sh: }
-	if ((deb_rc == 0)); then
-		summary="$body; the Debian package test ${deb_last:-passed}.$log_suffix"
-	else
-		((rc != 0)) || rc=$deb_rc
-		deb_last=${deb_last:-FAILED (exit $deb_rc)}
-		if [[ $body == "test.sh: FAILED: "* ]]; then
-			summary="$body; the Debian package test $deb_last.$log_suffix"
-		else
-			summary="test.sh: FAILED: the Debian package test $deb_last (scripts/test-deb.sh); ${body#test.sh: }.$log_suffix"
-		fi
-	fi
+	((deb_rc == 0)) || deb_last="${deb_last:-FAILED (exit $deb_rc)} (scripts/test-deb.sh)"
+	add_stage "$deb_rc" "the Debian package test ${deb_last:-passed}"
 fi
 # Then pjdfstest on an --allow-other mount (scripts/pjdfstest.sh), with the floor that only goes
 # up: same conditions as the package test; SSECFS_TEST_PJDFSTEST=0 skips it, 1 runs it anyway.
@@ -197,23 +196,15 @@ case ${SSECFS_TEST_PJDFSTEST:-} in
 	;;
 esac
 if [[ -n $pjd_why ]]; then
-	summary="${summary%"$log_suffix"}"
-	summary="${summary%.}; pjdfstest was skipped ($pjd_why).$log_suffix"
+	add_stage 0 "pjdfstest was skipped ($pjd_why)"
 else
 	echo "test.sh: pjdfstest (scripts/pjdfstest.sh --floor ${SSECFS_PJDFSTEST_FLOOR:=95})" >&2
 	pjd_rc=0
 	scripts/pjdfstest.sh --floor "$SSECFS_PJDFSTEST_FLOOR" 2>&1 | tee -a "$log" || pjd_rc=${PIPESTATUS[0]}
 	pjd_last=$(grep -E '^pjdfstest.sh: (passed|FAILED)' "$log" | tail -n 1 || true)
 	pjd_last=${pjd_last#pjdfstest.sh: }
-	summary="${summary%"$log_suffix"}"
-	summary="${summary%.}"
-	if ((pjd_rc == 0)); then
-		summary="$summary; pjdfstest ${pjd_last:-passed}.$log_suffix"
-	else
-		((rc != 0)) || rc=$pjd_rc
-		summary="$summary; pjdfstest ${pjd_last:-FAILED (exit $pjd_rc)}.$log_suffix"
-		[[ $summary == "test.sh: FAILED: "* ]] || summary="test.sh: FAILED: ${summary#test.sh: }"
-	fi
+	((pjd_rc == 0)) || pjd_last=${pjd_last:-FAILED (exit $pjd_rc)}
+	add_stage "$pjd_rc" "pjdfstest ${pjd_last:-passed}"
 fi
 # Last, the race-prone end-to-end tests again on a debug build: there the daemon checks its
 # lock order at every lock it takes (src/sync.rs), and its slower steps open interleavings the
@@ -226,10 +217,8 @@ case ${SSECFS_TEST_DEBUG:-} in
 1) ;;
 *) (($# == 0)) || dbg_why="arguments given; SSECFS_TEST_DEBUG=1 runs it" ;;
 esac
-summary="${summary%"$log_suffix"}"
-summary="${summary%.}"
 if [[ -n $dbg_why ]]; then
-	summary="$summary; the debug-build pass was skipped ($dbg_why).$log_suffix"
+	add_stage 0 "the debug-build pass was skipped ($dbg_why)"
 else
 	echo "test.sh: ${dbg_tests[*]} again, debug build" >&2
 	dbg_log=${log%.log}-debug.log
@@ -238,13 +227,9 @@ else
 	dbg=$(summarize "$dbg_rc" "$dbg_log")
 	dbg=${dbg#test.sh: }
 	dbg=${dbg%" Log: $dbg_log"}
-	if ((dbg_rc == 0)); then
-		summary="$summary; debug build (${dbg_tests[*]}): ${dbg%.}.$log_suffix"
-	else
-		((rc != 0)) || rc=$dbg_rc
-		summary="$summary; debug build (${dbg_tests[*]}, log $dbg_log): ${dbg%.}.$log_suffix"
-		[[ $summary == "test.sh: FAILED: "* ]] || summary="test.sh: FAILED: ${summary#test.sh: }"
-	fi
+	dbg_what=${dbg_tests[*]}
+	((dbg_rc == 0)) || dbg_what+=", log $dbg_log"
+	add_stage "$dbg_rc" "debug build ($dbg_what): ${dbg%.}"
 fi
 echo "$summary" >&2
 exit "$rc"

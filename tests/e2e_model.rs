@@ -84,7 +84,8 @@ fn check_all(m: &Mount, model: &mut Model, step: usize, seed: u64) {
         assert_eq!(
             got.as_ref().map(|v| (v.len(), sha256_hex(v))),
             want.as_ref().map(|f| (f.data.len(), sha256_hex(&f.data))),
-            "{name} differs at step {step} (SSECFS_MODEL_SEED={seed})"
+            "{name} differs at step {step}, after {:?} (SSECFS_MODEL_SEED={seed})",
+            want.as_ref().map(|f| &f.history)
         );
         let Some(want) = want else { continue };
         let md = fs::metadata(m.path(name)).unwrap();
@@ -253,6 +254,9 @@ fn run_model(seed: u64, steps: usize) {
                 }
                 fs::rename(&path, m.path(to)).unwrap();
                 model.files.remove(name);
+                let mut file = file;
+                file.history
+                    .push(format!("step {step}: renamed from {name}"));
                 model.files.insert(to, file);
                 *ops.entry("rename").or_default() += 1;
             }

@@ -406,7 +406,10 @@ impl Fs {
         if truncate && write {
             let f = self.dirty_file(ino).await?;
             let target = self.names.target(ino)?;
-            f.lock().await.truncate(&self.wctx, &target, 0).await?;
+            let mut held = f.lock().await;
+            held.truncate(&self.wctx, &target, 0).await?;
+            // recorded while the state is held, as `write` does: a write let in after it
+            // records its own size last
             self.names.update(ino, |n| {
                 n.attr.size = 0;
                 n.attr.mtime = SystemTime::now();
@@ -584,6 +587,7 @@ impl Fs {
         // storing attributes copies the object under this mount's key: not for a plain one
         self.check_sealed(ino, &node, true)?;
         let now = SystemTime::now();
+        let mut truncated_state = None;
         if let Some(size) = set.size {
             match node.attr.kind {
                 Kind::File => {}
@@ -592,10 +596,9 @@ impl Fs {
             }
             let file = self.dirty_file(ino).await?;
             let target = self.names.target(ino)?;
-            file.lock()
-                .await
-                .truncate(&self.wctx, &target, size)
-                .await?;
+            let mut held = file.lock_owned().await;
+            held.truncate(&self.wctx, &target, size).await?;
+            truncated_state = Some(held); // until the new size is recorded, as `write` does
         }
         // Applied to the inode as it is now, not to `node`: a truncate waited above, and a
         // chmod or a write of another process meanwhile must not be undone by this one.
@@ -612,6 +615,7 @@ impl Fs {
                 (attr, meta_changed)
             })
             .ok_or(FsError::BadHandle)?;
+        drop(truncated_state);
         let truncated = set.size.is_some();
         self.persist_attr_change(ino, &node, &attr, meta_changed, truncated)
             .await?;
