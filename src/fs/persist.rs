@@ -231,10 +231,11 @@ impl Fs {
         result
     }
 
-    /// The copy of `copy_onto_itself`, holding the state `f`. The file's size and attributes
-    /// are read only now: a write and a flush (another process's close) that went first may
-    /// have grown the object, and a copy recorded with the size seen before would make the
-    /// next append leave zeros between.
+    /// The copy of `copy_onto_itself`, holding the file's state (`held`; none for a symlink
+    /// or special file without one). The file's size and attributes are read only now: a
+    /// write and a flush (another process's close) that went first may have grown the
+    /// object, and a copy recorded with the size seen before would make the next append
+    /// leave zeros between.
     async fn copy_holding(&self, ino: u64, mut held: Option<HeldFile>) -> FsResult<()> {
         if let Some(f) = held.as_deref_mut().filter(|f| f.is_dirty()) {
             f.mark_meta_changed();
