@@ -68,6 +68,26 @@ async fn open_clean_after_append(
     (ino, fh)
 }
 
+/// `chmod` of `ino` through the mount.
+async fn chmod(fs: &Fs, ino: u64, mode: u32) {
+    let set = SetAttr {
+        mode: Some(mode),
+        ..Default::default()
+    };
+    fs.setattr(ino, set).await.unwrap();
+}
+
+/// `name` as a fresh mount of `mem` sees it: the mode `perm` and the content `want`.
+async fn assert_on_server(mem: &MemStore, name: &str, perm: u16, want: &[u8]) {
+    let fresh = fs_on(mem);
+    let (ino, attr) = fresh.lookup(ROOT, name).await.unwrap();
+    assert_eq!(attr.perm, perm, "mode of {name} on the server");
+    assert!(
+        read_all(&fresh, ino).await == want,
+        "content of {name} on the server"
+    );
+}
+
 async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
     let fh = fs.open(ino, false, false).await.unwrap();
     let size = fs.getattr(ino).await.unwrap().size;
@@ -564,15 +584,7 @@ async fn a_write_racing_the_attribute_copy_of_its_open_file_builds_on_the_copy()
     let mem = MemStore::new("k");
     let fs = fs_on(&mem);
     let (ino, fh) = open_clean_after_append(&fs, ROOT, "old", b"base\n", b"x").await;
-    fs.setattr(
-        ino,
-        SetAttr {
-            mode: Some(0o600),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    chmod(&fs, ino, 0o600).await;
     mem.delay_copy_replies(Duration::from_millis(200));
     let store = tokio::spawn({
         let fs = fs.clone();
@@ -586,10 +598,7 @@ async fn a_write_racing_the_attribute_copy_of_its_open_file_builds_on_the_copy()
     mem.delay_copy_replies(Duration::ZERO);
     fs.flush(ino).await.unwrap();
     fs.release(ino, fh).await.unwrap();
-    let fresh = fs_on(&mem);
-    let (ino, attr) = fresh.lookup(ROOT, "old").await.unwrap();
-    assert_eq!(attr.perm, 0o600);
-    assert_eq!(read_all(&fresh, ino).await, b"base\nxy");
+    assert_on_server(&mem, "old", 0o600, b"base\nxy").await;
 }
 
 /// The attribute copy of a file open for appending took the file's size before waiting for
@@ -603,15 +612,7 @@ async fn an_attribute_copy_waiting_behind_a_write_and_flush_keeps_what_they_stor
     let mem = MemStore::new("k");
     let fs = fs_on(&mem);
     let (ino, fh) = open_clean_after_append(&fs, ROOT, "log", b"base\n", b"x").await;
-    fs.setattr(
-        ino,
-        SetAttr {
-            mode: Some(0o600),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    chmod(&fs, ino, 0o600).await;
     // a write holds the state: the attribute store begins meanwhile and waits for it
     let mut held = fs.files.lock(ino).await.expect("the open file has a state");
     let store = tokio::spawn({
@@ -630,10 +631,7 @@ async fn an_attribute_copy_waiting_behind_a_write_and_flush_keeps_what_they_stor
     fs.flush(ino).await.unwrap();
     fs.release(ino, fh).await.unwrap();
     assert_eq!(read_all(&fs, ino).await, b"base\nxyz", "through the mount");
-    let fresh = fs_on(&mem);
-    let (ino, attr) = fresh.lookup(ROOT, "log").await.unwrap();
-    assert_eq!(attr.perm, 0o600);
-    assert_eq!(read_all(&fresh, ino).await, b"base\nxyz", "on the server");
+    assert_on_server(&mem, "log", 0o600, b"base\nxyz").await;
 }
 
 /// setattr read the node, waited (a truncate waits for the file's state), then wrote back the
@@ -669,10 +667,7 @@ async fn a_truncate_waiting_for_the_file_keeps_a_chmod_made_meanwhile() {
     assert_eq!((attr.perm, attr.size), (0o600, 4), "through the mount");
     fs.flush(ino).await.unwrap();
     fs.release(ino, fh).await.unwrap();
-    let fresh = fs_on(&mem);
-    let (ino, attr) = fresh.lookup(ROOT, "f").await.unwrap();
-    assert_eq!(attr.perm, 0o600, "on the server");
-    assert_eq!(read_all(&fresh, ino).await, b"0123");
+    assert_on_server(&mem, "f", 0o600, b"0123").await;
 }
 
 /// The attribute copy of a closed file (no in-memory state) held nothing, so a writer that
@@ -687,15 +682,7 @@ async fn a_writer_opening_during_the_attribute_copy_of_a_closed_file_builds_on_t
     let part = 5u64 << 20;
     let mut want = vec![7u8; part as usize + 1000];
     let ino = write_file(&fs, ROOT, "big", &want).await;
-    fs.setattr(
-        ino,
-        SetAttr {
-            mode: Some(0o600),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    chmod(&fs, ino, 0o600).await;
     let gate = mem.hold_copies();
     let store = tokio::spawn({
         let fs = fs.clone();
@@ -723,10 +710,7 @@ async fn a_writer_opening_during_the_attribute_copy_of_a_closed_file_builds_on_t
     fs.release(ino, fh).await.unwrap();
     want[part as usize + 10..part as usize + 16].copy_from_slice(b"second");
     want[10..15].copy_from_slice(b"first");
-    let fresh = fs_on(&mem);
-    let (ino, attr) = fresh.lookup(ROOT, "big").await.unwrap();
-    assert_eq!(attr.perm, 0o600);
-    assert!(read_all(&fresh, ino).await == want, "content on the server");
+    assert_on_server(&mem, "big", 0o600, &want).await;
 }
 
 /// A file open for writing whose object was replaced behind this mount's back while it had
