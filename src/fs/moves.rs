@@ -205,7 +205,9 @@ impl Moves {
         Ok(())
     }
 
-    /// Copy, then delete the old name.
+    /// Copy, then delete the old name. The translation (old version → copy) is recorded
+    /// before the delete: from the delete on, a read naming the old version (a dirty writer
+    /// loading a part) finds no old name and must be sent to the copy, not get a 412.
     async fn apply(&self, mv: &Move) -> S3Result<String> {
         let req = CopyRequest {
             src: &mv.src,
@@ -215,6 +217,8 @@ impl Moves {
         };
         let etag =
             crate::s3::copy_any_size(self.inner.as_ref(), &req, mv.size, self.part_size).await?;
+        self.table()
+            .translate(mv.dst.clone(), mv.etag.clone(), etag.clone());
         delete_old_name(self.inner.as_ref(), &mv.src).await;
         Ok(etag)
     }
@@ -228,8 +232,7 @@ impl Moves {
     fn finish(&self, mv: &Arc<Move>, result: S3Result<String>) {
         match result {
             Ok(etag) => {
-                self.table()
-                    .translate(mv.dst.clone(), mv.etag.clone(), etag.clone());
+                // (the translation is recorded already, by `apply`)
                 if let Some(fs) = self.fs.upgrade() {
                     fs.move_stored(mv, &etag);
                 }

@@ -4,6 +4,7 @@
 use super::tests::{fs_on, write_file};
 use super::*;
 use crate::s3::mem::MemStore;
+use crate::s3::ReadSource;
 
 async fn read_name(fs: &Fs, parent: u64, name: &str) -> Vec<u8> {
     let (ino, attr) = fs.lookup(parent, name).await.unwrap();
@@ -281,4 +282,39 @@ async fn rsyncs_fchmod_through_a_read_only_descriptor_costs_no_round_trip() {
         (meta["mtime"].as_str(), meta["mode"].as_str()),
         ("1600000000", "33188")
     );
+}
+
+/// Between the delete of the old name and the end of the move, a read naming the version the
+/// mount knows (the old one: a dirty writer loading a part it has not read yet) finds the
+/// copy, not a 412.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_the_old_name_is_deleted_but_before_the_move_ends_finds_the_copy() {
+    let mem = MemStore::new("k");
+    let fs = fs_on(&mem);
+    write_file(&fs, ROOT, ".f.tmp", b"content").await;
+    let old = fs.store.head(".f.tmp").await.unwrap().etag;
+    mem.delay_delete_replies(Duration::from_millis(500));
+    fs.rename(ROOT, ".f.tmp", ROOT, "f", false).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while mem.raw(".f.tmp").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the move never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(fs.pending().renames, 1, "the delete has not answered yet");
+    let src = ReadSource {
+        key: "f",
+        etag: Some(&old),
+        sealing: Sealing::PRIMARY,
+    };
+    let mut buf = [0u8; 7];
+    let n = fs
+        .store
+        .get_ranges(&src, 0, &mut [&mut buf[..]])
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"content");
+    fs.fsyncdir(ROOT).await.unwrap();
 }

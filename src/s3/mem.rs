@@ -47,6 +47,8 @@ struct State {
     counts: BTreeMap<&'static str, u64>,
     /// How long a copy's reply takes after the copy took effect (see `delay_copy_replies`).
     copy_reply_delay: std::time::Duration,
+    /// How long a delete's reply takes after the delete took effect (`delay_delete_replies`).
+    delete_reply_delay: std::time::Duration,
     /// A part number whose uploads wait for a permit of this gate (see `hold_part`).
     held_part: Option<(i32, Arc<tokio::sync::Semaphore>)>,
     /// CopyObjects wait for a permit of this gate before they take effect (`hold_copies`).
@@ -105,6 +107,12 @@ impl MemStore {
     /// racing the copy meets the new object before the copier knows its ETag.
     pub fn delay_copy_replies(&self, delay: std::time::Duration) {
         self.state.lock().unwrap().copy_reply_delay = delay;
+    }
+
+    /// Make every DeleteObject answer `delay` after it took effect: opens the window in
+    /// which the deleted name is gone but the deleter has not heard so yet.
+    pub fn delay_delete_replies(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delete_reply_delay = delay;
     }
 
     /// Fingerprint of the key an object is sealed with (None: plain or missing).
@@ -287,9 +295,15 @@ impl ObjectStore for MemStore {
     }
 
     async fn delete(&self, key: &str) -> S3Result<()> {
-        let mut st = self.state.lock().unwrap();
-        Self::count(&mut st, "delete");
-        st.objects.remove(key);
+        let delay = {
+            let mut st = self.state.lock().unwrap();
+            Self::count(&mut st, "delete");
+            st.objects.remove(key);
+            st.delete_reply_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         Ok(())
     }
 
