@@ -859,7 +859,7 @@ fn mmap_and_exec_of_files_on_the_mount() {
     use std::os::fd::AsRawFd;
     let b = TestBucket::new();
     let mut m = Mount::new(&b, &[]);
-    fs::copy("/bin/true", m.path("true")).unwrap();
+    copy_program("/bin/true", m.path("true"));
     run(m.path("true").to_str().unwrap(), &[] as &[&str]);
 
     let p = m.path("mapped");

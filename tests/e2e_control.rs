@@ -114,7 +114,7 @@ fn the_control_socket_refuses_other_users() {
     let dir = tempdir("control-bin");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("ssecfs");
-    fs::copy(SSECFS, &bin).unwrap();
+    copy_program(SSECFS, &bin);
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
     let out = output_of(
         Command::new("setpriv")

@@ -536,17 +536,23 @@ fn unescape_mount_path(s: &str) -> String {
 }
 
 /// Run `fusermount3 ARGS PATH`; `false` when it fails or hangs for more than 10 s (a hung
-/// daemon can block a non-lazy unmount; the caller then falls back to a lazy one).
+/// daemon can block a non-lazy unmount; the caller then falls back to a lazy one). Panics
+/// when there is no fusermount3: on a fresh machine that is a missing install, not a busy
+/// mount to retry for seconds and then blame on the daemon.
 fn fusermount(args: &[&str], path: &Path) -> bool {
-    let Ok(mut child) = Command::new("fusermount3")
+    let mut child = match Command::new("fusermount3")
         .args(args)
         .arg(path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-    else {
-        return false;
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("fusermount3 not found (the fuse3 package): run scripts/setup.sh")
+        }
+        Err(_) => return false,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1175,6 +1181,15 @@ pub fn output_of(cmd: &mut Command, timeout: Duration) -> Output {
         stdout: t_out.join().expect("stdout reader"),
         stderr: t_err.join().expect("stderr reader"),
     }
+}
+
+/// Copy a program to `dst` through a child `cp`, for a test that runs the copy. Written by
+/// this process, the copy could be held open for writing by a child that another test thread
+/// forks at that moment (a fork holds every descriptor until its exec), and running it would
+/// then fail with ETXTBSY ("Text file busy").
+#[track_caller]
+pub fn copy_program(src: impl AsRef<Path>, dst: impl AsRef<Path>) {
+    run_cmd(Command::new("cp").arg(src.as_ref()).arg(dst.as_ref()));
 }
 
 /// Run `program args…`; panics with its output unless it succeeds. Returns stdout.
