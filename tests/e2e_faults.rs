@@ -14,7 +14,6 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -107,17 +106,6 @@ fn rsync(src: &Path, dst: &Path) -> std::process::Output {
 
 fn errno_of(r: std::io::Result<()>) -> Option<i32> {
     r.err().map(|e| errno(&e))
-}
-
-/// close(2) of `f`, its result as the application sees it.
-fn close(f: fs::File) -> std::io::Result<()> {
-    let fd = f.into_raw_fd();
-    // SAFETY: we own `fd` (taken from the File), closed exactly once.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,10 +384,7 @@ fn malformed_answers_give_eio_and_the_daemon_lives() {
     }
     let listing = fs::read_dir(m.path("")).map(|d| d.count());
     let new_data = random_bytes(10_000);
-    // (close(2)'s answer counts: fs::write drops it)
-    let new = fs::File::create(m.path("new.bin"))
-        .and_then(|mut f| f.write_all(&new_data).map(|()| f))
-        .and_then(close);
+    let new = write_closed(&m.path("new.bin"), &new_data);
     eprintln!(
         "FAULTS malformed: reads correct {correct}, EIO {eio}, other {other:?}; listing \
          {listing:?}; new file {new:?}; proxy: {}",

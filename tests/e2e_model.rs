@@ -166,7 +166,7 @@ fn run_model(seed: u64, steps: usize) {
                     rng.gen_range(0..20_000)
                 };
                 let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-                fs::write(&path, &data).unwrap();
+                write_closed(&path, &data).unwrap();
                 let f = model.files.entry(name).or_insert_with(|| File {
                     data: Vec::new(),
                     mode: 0o644,
@@ -189,7 +189,7 @@ fn run_model(seed: u64, steps: usize) {
                 let data = vec![byte; len];
                 let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
                 f.write_all_at(&data, off).unwrap();
-                drop(f);
+                close(f).unwrap();
                 let end = off as usize + len;
                 if cur.len() < end {
                     cur.resize(end, 0);
@@ -206,7 +206,7 @@ fn run_model(seed: u64, steps: usize) {
                 let data: Vec<u8> = (0..rng.gen_range(1..50_000)).map(|_| rng.gen()).collect();
                 let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
                 f.write_all(&data).unwrap();
-                drop(f);
+                close(f).unwrap();
                 file.data.extend_from_slice(&data);
                 touched(file, t0);
                 *ops.entry("append").or_default() += 1;
@@ -219,7 +219,7 @@ fn run_model(seed: u64, steps: usize) {
                 let n = rng.gen_range(0..=file.data.len() as u64 + 50_000);
                 let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
                 f.set_len(n).unwrap();
-                drop(f);
+                close(f).unwrap();
                 file.data.resize(n as usize, 0);
                 touched(file, t0);
                 *ops.entry("truncate").or_default() += 1;

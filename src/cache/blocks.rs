@@ -358,16 +358,43 @@ impl BlockCache {
         }
     }
 
-    /// Fill the consecutive blocks `cells` (index, cell) with one ranged GET. Each cell is
-    /// initialised through its own `OnceCell`, so a reader waiting on any of them gets the
-    /// block of this one request; a cell someone else filled first keeps its block. When the
-    /// GET fails the cells are forgotten and a waiting reader fetches its block itself.
+    /// Fill the consecutive blocks `cells` (index, cell): those the spill tier holds from it,
+    /// the others with one ranged GET per stretch of consecutive ones, all at once. Why not
+    /// block by block: with a spill tier that made a run of 8 blocks 8 GETs one after another,
+    /// and a cold sequential read at 60 ms RTT 3.5 times slower than without the tier.
     async fn fetch_run(&self, obj: &ObjectRef, block_size: u64, cells: Vec<(u64, Cell)>) {
-        if self.spill.is_some() || cells.len() == 1 {
-            // blocks may come back from the spill tier one by one; one block is one GET anyway
-            for (i, _) in cells {
-                let _ = self.block(obj, block_size, i).await;
+        let spilled = |i: u64| {
+            self.spill
+                .as_ref()
+                .is_some_and(|s| s.holds_clean(&block_aad(&obj.key, &obj.etag, block_size, i)))
+        };
+        let (in_spill, missing): (Vec<_>, Vec<_>) = cells.into_iter().partition(|c| spilled(c.0));
+        let from_spill = in_spill
+            .iter()
+            .map(|(i, _)| self.block(obj, block_size, *i));
+        let mut stretches: Vec<Vec<(u64, Cell)>> = Vec::new();
+        for c in missing {
+            match stretches.last_mut() {
+                Some(s) if s.last().is_some_and(|l| l.0 + 1 == c.0) => s.push(c),
+                _ => stretches.push(vec![c]),
             }
+        }
+        let from_s3 = stretches
+            .into_iter()
+            .map(|s| self.get_stretch(obj, block_size, s));
+        tokio::join!(
+            futures::future::join_all(from_spill),
+            futures::future::join_all(from_s3)
+        );
+    }
+
+    /// Fill the consecutive blocks `cells` with one ranged GET. Each cell is initialised
+    /// through its own `OnceCell`, so a reader waiting on any of them gets the block of this
+    /// one request; a cell someone else filled first keeps its block. When the GET fails the
+    /// cells are forgotten and a waiting reader fetches its block itself.
+    async fn get_stretch(&self, obj: &ObjectRef, block_size: u64, cells: Vec<(u64, Cell)>) {
+        if cells.len() == 1 {
+            let _ = self.block(obj, block_size, cells[0].0).await; // one block is one GET anyway
             return;
         }
         let (txs, rxs): (Vec<_>, Vec<_>) = cells
@@ -563,6 +590,37 @@ mod tests {
         cache.prefetch(&obj, LARGE_BLOCK, 1, 7);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(mem.counts()["get"], 5, "runs of 3 for a 6-block window");
+    }
+
+    #[tokio::test]
+    async fn read_ahead_with_a_spill_tier_takes_what_it_holds_and_gets_the_rest_in_runs() {
+        let mem = MemStore::new("k");
+        let data: Vec<u8> = (0..(8 * LARGE_BLOCK as usize))
+            .map(|i| (i % 241) as u8)
+            .collect();
+        let obj = put_object(&mem, data.clone()).await;
+        let arena = Arena::with_cap_unchecked(64 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::create(dir.path(), 16 << 20, &arena).unwrap();
+        // block 2 sealed in the tier, as an eviction leaves it
+        let block = |i: usize| &data[i * LARGE_BLOCK as usize..][..LARGE_BLOCK as usize];
+        let mut buf = arena.alloc(LARGE_BLOCK as usize).await.unwrap();
+        buf.copy_from_slice(block(2));
+        let aad = block_aad(&obj.key, &obj.etag, LARGE_BLOCK, 2);
+        spill.put_clean(aad, LARGE_BLOCK, buf).await;
+        let cache = Arc::new(
+            BlockCache::new(Arc::new(mem.clone()), arena, 48 << 20).with_spill(Some(spill)),
+        );
+        let gets = || mem.counts().get("get").copied().unwrap_or(0);
+        cache.prefetch(&obj, LARGE_BLOCK, 0, 8);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // a window of 8 has runs of 4: [0, 4) less block 2 is two GETs (0..2 and 3), [4, 8)
+        // one; before, each run took a GET per block, one after another (7 in all)
+        assert_eq!(gets(), 3, "one GET per stretch the tier lacks");
+        let mut out = vec![0u8; data.len()];
+        cache.read(&obj, 0, &mut out, LARGE_BLOCK).await.unwrap();
+        assert!(out == data, "read-ahead data differs");
+        assert_eq!(gets(), 3, "every block came from the runs");
     }
 
     #[tokio::test]

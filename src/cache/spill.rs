@@ -370,6 +370,11 @@ impl Spill {
         }
     }
 
+    /// Does the tier hold clean block `aad`? (A hint: it may be dropped before it is read.)
+    pub fn holds_clean(&self, aad: &[u8]) -> bool {
+        self.inner.state.lock().clean.contains_key(aad)
+    }
+
     /// Bytes `range` of a clean block (clamped to its length), opening only the chunks that
     /// hold them: the buffer and where the range lies in it. `None` as for [`Self::get_clean`].
     /// Why: a random read needs 4 KiB of a 1 MiB block, and the block stays sealed here rather

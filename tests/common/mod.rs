@@ -1141,6 +1141,26 @@ impl Drop for DaemonMount {
 // ---------------------------------------------------------------------------------------------
 // commands
 
+/// close(2) of `f`, its result as the application sees it: dropping a File (and so
+/// `fs::write`) throws that answer away, and close() is where ssecfs reports a failed upload.
+pub fn close(f: fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    // SAFETY: we own `fd` (taken from the File), closed exactly once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `fs::write` that also checks close(2)'s answer (see [`close`]).
+pub fn write_closed(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    close(f)
+}
+
 /// Run a command with a timeout, capturing its output (no assertion on the status).
 pub fn output_of(cmd: &mut Command, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
